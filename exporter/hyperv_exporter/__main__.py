@@ -1,0 +1,3 @@
+from hyperv_exporter.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,92 @@
+"""Logging in the Prometheus exporter style: ``--log.level`` and ``--log.format`` (logfmt or json).
+
+Every handler gets a :class:`SecretRedactor`: any string registered with :func:`register_secret`
+(passwords read from files or the environment) is replaced by ``<secret>`` in every record,
+whatever code path formatted it. This is defence in depth; code must still never log secrets.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import threading
+import time
+from typing import Any, TextIO
+
+LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING, "error": logging.ERROR}
+FORMATS = ("logfmt", "json")
+
+_secrets: set[str] = set()
+_secrets_lock = threading.Lock()
+REDACTED = "<secret>"
+
+# Attributes every LogRecord has; anything else was passed through ``extra=`` and is logged as a field.
+_STANDARD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None)).keys()) | {"message", "asctime"}
+
+
+def register_secret(value: str) -> None:
+    """Remember a secret so that it is redacted from every log line (ignores very short strings)."""
+    if len(value) >= 4:
+        with _secrets_lock:
+            _secrets.add(value)
+
+
+def redact(text: str) -> str:
+    """Replace every registered secret in ``text`` by ``<secret>``."""
+    with _secrets_lock:
+        secrets = sorted(_secrets, key=len, reverse=True)
+    for secret in secrets:
+        if secret in text:
+            text = text.replace(secret, REDACTED)
+    return text
+
+
+def _fields(record: logging.LogRecord) -> dict[str, Any]:
+    fields: dict[str, Any] = {
+        "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+        "level": "warn" if record.levelno == logging.WARNING else record.levelname.lower(),
+        "logger": record.name,
+        "msg": record.getMessage(),
+    }
+    for key, value in vars(record).items():
+        if key not in _STANDARD_ATTRS and not key.startswith("_"):
+            fields[key] = value
+    if record.exc_info:
+        fields["err_trace"] = logging.Formatter().formatException(record.exc_info)
+    return fields
+
+
+def _logfmt_value(value: Any) -> str:
+    text = str(value)
+    if text == "" or any(c in text for c in ' ="\\\n\t'):
+        text = '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\t", "\\t") + '"'
+    return text
+
+
+class LogfmtFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(" ".join(f"{k}={_logfmt_value(v)}" for k, v in _fields(record).items()))
+
+
+class JSONFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(json.dumps(_fields(record), default=str, ensure_ascii=False))
+
+
+def setup_logging(level: str = "info", fmt: str = "logfmt", stream: TextIO | None = None) -> None:
+    """Configure the root logger once for a command-line program."""
+    if level not in LEVELS:
+        raise ValueError(f"unknown log level {level!r} (one of {', '.join(LEVELS)})")
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown log format {fmt!r} (one of {', '.join(FORMATS)})")
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(LogfmtFormatter() if fmt == "logfmt" else JSONFormatter())
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(LEVELS[level])
+    # Third-party libraries are noisy at debug level and may log request bodies; keep them at warning.
+    for noisy in ("urllib3", "requests", "requests_ntlm", "spnego", "winrm"):
+        logging.getLogger(noisy).setLevel(max(LEVELS[level], logging.WARNING))
