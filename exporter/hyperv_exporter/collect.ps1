@@ -1,7 +1,7 @@
 # hyperv-exporter collection script, schema 1.
 #
 # Runs once per probe on a Hyper-V host under Windows PowerShell 5.1 and prints ONE document: JSON,
-# or that JSON gzip-compressed and base64-encoded when -Compress is given. The exporter ships this
+# or that JSON gzip-compressed and base64-encoded when -Gzip is given. The exporter ships this
 # file in the WinRS shell's environment (HYPERV_EXPORTER_SCRIPT) and starts it with a short
 # -EncodedCommand loader, so cmd.exe's 8,191-character command line limit never applies to it.
 #
@@ -18,7 +18,7 @@
 #   with an XML parser that refuses entities and keeps only allowlisted keys.
 param(
     [string]$Collectors = 'vm',
-    [switch]$Compress
+    [switch]$Gzip
 )
 
 $ErrorActionPreference = 'Stop'
@@ -184,12 +184,12 @@ $json = ConvertTo-Json -InputObject $doc -Depth 8 -Compress
 # The end-of-run clock is read as late as possible (after serialisation) and spliced in: the
 # exporter computes the host clock offset NTP-style from both readings and its own send/receive times.
 $json = $json.Substring(0, $json.Length - 1) + ',"ClockEndTicks":' + [DateTime]::UtcNow.Ticks + '}'
-if ($Compress) {
+if ($Gzip) {
     $bytes = [Text.Encoding]::UTF8.GetBytes($json)
     $buffer = New-Object System.IO.MemoryStream
-    $gzip = New-Object System.IO.Compression.GZipStream($buffer, [IO.Compression.CompressionMode]::Compress)
-    $gzip.Write($bytes, 0, $bytes.Length)
-    $gzip.Close()
+    $zipStream = New-Object System.IO.Compression.GZipStream($buffer, [IO.Compression.CompressionMode]::Compress)
+    $zipStream.Write($bytes, 0, $bytes.Length)
+    $zipStream.Close()
     $json = [Convert]::ToBase64String($buffer.ToArray())
 }
 [Console]::Out.Write($json)

@@ -42,19 +42,26 @@ def redact(text: str) -> str:
     return text
 
 
+def fields(**values: Any) -> dict[str, Any]:
+    """``extra=`` for structured fields, including names LogRecord reserves (``module``, ``name``)."""
+    return {"kv": values}
+
+
 def _fields(record: logging.LogRecord) -> dict[str, Any]:
-    fields: dict[str, Any] = {
+    result: dict[str, Any] = {
         "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
         "level": "warn" if record.levelno == logging.WARNING else record.levelname.lower(),
         "logger": record.name,
         "msg": record.getMessage(),
     }
     for key, value in vars(record).items():
-        if key not in _STANDARD_ATTRS and not key.startswith("_"):
-            fields[key] = value
+        if key == "kv" and isinstance(value, dict):
+            result.update(value)
+        elif key not in _STANDARD_ATTRS and not key.startswith("_"):
+            result[key] = value
     if record.exc_info:
-        fields["err_trace"] = logging.Formatter().formatException(record.exc_info)
-    return fields
+        result["err_trace"] = logging.Formatter().formatException(record.exc_info)
+    return result
 
 
 def _logfmt_value(value: Any) -> str:

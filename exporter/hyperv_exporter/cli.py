@@ -1,0 +1,230 @@
+"""``hyperv-exporter``: command-line flags, start-up checks, serving, reload on SIGHUP, ``--demo``.
+
+Flags follow the Prometheus exporter toolkit: ``--config.file``, ``--web.listen-address``,
+``--web.config.file``, ``--collector.NAME`` / ``--no-collector.NAME``, ``--log.level``,
+``--log.format``. Precedence: the ``--collector.*`` flags decide which collectors are *allowed*;
+a module's ``collectors:`` list picks among those (absent: all allowed ones).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import secrets
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from hyperv_exporter import __version__, logutil
+from hyperv_exporter.collectors import COLLECTORS
+from hyperv_exporter.config import Config, ConfigError, Module, Secret, TargetAllowlist, WinRMSettings, load_config
+from hyperv_exporter.http_app import ExporterApp
+from hyperv_exporter.probe import Prober
+from hyperv_exporter.selfmetrics import ExporterMetrics
+from hyperv_exporter.web import WebConfigError, WebServer, add_web_flags
+
+log = logging.getLogger("hyperv_exporter")
+
+DEFAULT_PORT = 10020
+DEFAULT_CONFIG = "/etc/hyperv_exporter/hyperv.yml"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hyperv-exporter",
+        description="Prometheus exporter for Hyper-V integration services, collected agentlessly over WinRM.",
+    )
+    parser.add_argument("--version", action="version", version=f"hyperv-exporter {__version__}")
+    parser.add_argument(
+        "--config.file", dest="config_file", default=DEFAULT_CONFIG, metavar="FILE",
+        help=f"Configuration file with the modules (default: {DEFAULT_CONFIG}).",
+    )  # fmt: skip
+    parser.add_argument(
+        "--config.check", dest="config_check", action="store_true",
+        help="Check the configuration file (and the web config, if given), then exit.",
+    )  # fmt: skip
+    parser.add_argument(
+        "--demo", action="store_true",
+        help="Start the Hyper-V host simulator with the built-in demo fleet in-process and serve the exporter for it.",
+    )  # fmt: skip
+    add_web_flags(parser, DEFAULT_PORT)
+    parser.add_argument(
+        "--timeout-offset", dest="timeout_offset", type=float, default=0.5, metavar="SECONDS",
+        help="Seconds subtracted from Prometheus' scrape timeout to get a probe's deadline (default: 0.5).",
+    )  # fmt: skip
+    group = parser.add_argument_group(
+        "collectors", "Which collectors are allowed; a module's collectors: list selects among them."
+    )
+    for name, collector in COLLECTORS.items():
+        state = "enabled" if collector.default_enabled else "disabled"
+        group.add_argument(
+            f"--collector.{name}",
+            dest=f"collector_{name}",
+            action=argparse.BooleanOptionalAction,
+            default=collector.default_enabled,
+            help=f"Enable the {name} collector: {collector.help} (default: {state}).",
+        )
+    parser.add_argument(
+        "--log.level", dest="log_level", default="info", choices=list(logutil.LEVELS),
+        help="Only log messages with the given severity or above (default: info).",
+    )  # fmt: skip
+    parser.add_argument(
+        "--log.format", dest="log_format", default="logfmt", choices=list(logutil.FORMATS),
+        help="Output format of log messages (default: logfmt).",
+    )  # fmt: skip
+    return parser
+
+
+@dataclass
+class Running:
+    """A started exporter (used by the CLI, the demo and the tests)."""
+
+    app: ExporterApp
+    server: WebServer
+    prober: Prober
+    simulator: object | None = None
+
+    def stop(self) -> None:
+        self.server.stop()
+        self.prober.stop()
+        stop = getattr(self.simulator, "stop", None)
+        if stop is not None:
+            stop()
+
+
+def allowed_collectors(args: argparse.Namespace) -> tuple[str, ...]:
+    return tuple(name for name in COLLECTORS if getattr(args, f"collector_{name}"))
+
+
+def demo_config(urls: dict[str, str], username: str, password: str) -> Config:
+    """The built-in module for --demo: only the simulated hosts are allowed targets."""
+    module = Module(
+        name="default",
+        targets=TargetAllowlist.parse(urls),
+        winrm=WinRMSettings(
+            scheme="http",
+            port=5985,
+            transport="basic",
+            username=username,
+            password=Secret(password),
+            password_source="generated for this demo run",
+            allow_unencrypted=True,  # loopback only, to a simulator in this very process
+            message_encryption="never",
+        ),
+        timeout=10.0,
+        endpoints={name.lower(): url for name, url in urls.items()},
+        cache_ttl=5.0,
+    )
+    return Config(modules={"default": module}, source="<built-in demo configuration>")
+
+
+def start(args: argparse.Namespace) -> Running:
+    """Load everything, bind the listeners; raises ConfigError/WebConfigError/OSError on bad input."""
+    metrics = ExporterMetrics()
+    prober = Prober(metrics, allowed_collectors(args))
+    simulator = None
+    reloader = None
+    example_targets: dict[str, str] = {}
+    if args.demo:
+        from hyperv_exporter.sim.fleet import demo_fleet, with_password
+        from hyperv_exporter.sim.host import Simulator
+
+        password = secrets.token_urlsafe(18)
+        logutil.register_secret(password)
+        fleet = with_password(demo_fleet(), password)
+        simulator = Simulator(fleet)
+        simulator.start()
+        config = demo_config(simulator.urls(), fleet.hosts[0].username, password)
+        example_targets["default"] = fleet.hosts[0].computer_name
+    else:
+        config_file = args.config_file
+        config = load_config(config_file)
+
+        def reloader() -> Config:
+            return load_config(config_file)
+
+    app = ExporterApp(
+        config=config,
+        prober=prober,
+        metrics=metrics,
+        timeout_offset=args.timeout_offset,
+        reloader=reloader,
+        example_targets=example_targets,
+    )
+    server = WebServer(args.web_listen_address, app, web_config_file=args.web_config_file, name="hyperv-exporter")
+    try:
+        server.start()
+    except BaseException:
+        prober.stop()
+        if simulator is not None:
+            simulator.stop()
+        raise
+    return Running(app=app, server=server, prober=prober, simulator=simulator)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logutil.setup_logging(args.log_level, args.log_format)
+    if args.config_check:
+        try:
+            if not args.demo:
+                config = load_config(args.config_file)
+                print(f"{args.config_file}: OK, modules: {', '.join(config.modules)}")
+            if args.web_config_file:
+                from hyperv_exporter.web import load_web_config
+
+                load_web_config(args.web_config_file)
+                print(f"{args.web_config_file}: OK")
+        except (ConfigError, WebConfigError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        return 0
+    try:
+        running = start(args)
+    except (ConfigError, WebConfigError) as exc:
+        log.error("invalid configuration: %s", exc)
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        log.error("cannot listen: %s", exc)
+        print(f"error: cannot listen: {exc}", file=sys.stderr)
+        return 1
+
+    stop = threading.Event()
+
+    def on_hup(signum: int, frame: object) -> None:
+        threading.Thread(target=_reload_quietly, args=(running.app,), daemon=True).start()
+
+    signal.signal(signal.SIGHUP, on_hup)
+    signal.signal(signal.SIGTERM, lambda s, f: stop.set())
+    signal.signal(signal.SIGINT, lambda s, f: stop.set())
+    log.info("listening", extra=logutil.fields(version=__version__, address=" ".join(running.server.urls)))
+    if args.demo:
+        _print_demo_banner(running)
+    stop.wait()
+    log.info("shutting down")
+    running.stop()
+    return 0
+
+
+def _reload_quietly(app: ExporterApp) -> None:
+    try:
+        app.reload()
+    except ConfigError as exc:
+        log.error("configuration reload failed; keeping the previous configuration: %s", exc)
+
+
+def _print_demo_banner(running: Running) -> None:
+    base = running.server.urls[0]
+    lines = [
+        "",
+        "hyperv-exporter demo: a simulated Hyper-V fleet is running in this process.",
+        f"  Landing page:      {base}/",
+    ]
+    for name in running.app.config.modules["default"].endpoints:
+        host = name.upper()
+        lines.append(f"  Metrics for {host + ':':<14} {base}/probe?module=default&target={host}")
+    lines += [f"  Exporter metrics:  {base}/metrics", "Press Ctrl+C to stop.", ""]
+    print("\n".join(lines), flush=True)

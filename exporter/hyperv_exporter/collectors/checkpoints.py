@@ -1,0 +1,45 @@
+"""Checkpoints (snapshots) per VM, without Hyper-V Replica recovery points.
+
+    hyperv_vm_checkpoints{vm="web01",vm_id="..."} 2
+    hyperv_vm_checkpoint_oldest_timestamp_seconds{vm="web01",vm_id="..."} 1.69e9
+
+The oldest checkpoint is exported as its creation time (Prometheus exports timestamps, not ages);
+its age is ``time() - hyperv_vm_checkpoint_oldest_timestamp_seconds``. Forgotten checkpoints grow
+their differencing disks until the volume is full.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client.core import Metric
+
+from hyperv_exporter.collectors.base import Collector, CollectorContext, gauge, vm_labels
+from hyperv_exporter.report import REPLICA_SNAPSHOT_TYPES
+
+
+class CheckpointsCollector(Collector):
+    name = "checkpoints"
+    help = "Checkpoint count and oldest checkpoint per VM, replica recovery points excluded (Get-VMSnapshot)"
+    sections = ("checkpoints",)
+
+    def collect(self, ctx: CollectorContext) -> Iterator[Metric]:
+        count = gauge(
+            "hyperv_vm_checkpoints",
+            "Checkpoints of the VM (Get-VMSnapshot), Hyper-V Replica recovery points excluded.",
+        )
+        oldest = gauge(
+            "hyperv_vm_checkpoint_oldest_timestamp_seconds",
+            "Creation time of the VM's oldest checkpoint (Get-VMSnapshot CreationTime), Unix time; "
+            "absent when the VM has none.",
+        )
+        for vm in ctx.report.vms:
+            if vm.checkpoints is None:
+                continue
+            labels = vm_labels(vm)
+            user = [c for c in vm.checkpoints if c.snapshot_type not in REPLICA_SNAPSHOT_TYPES]
+            count.add_metric(labels, float(len(user)))
+            times = [c.creation_timestamp for c in user if c.creation_timestamp is not None]
+            if times:
+                oldest.add_metric(labels, min(times))
+        yield from (count, oldest)

@@ -1,0 +1,35 @@
+"""Allowlisted KVP (Data Exchange) items per VM.
+
+    hyperv_vm_kvp_info{vm="web01",vm_id="...",source="guest_intrinsic",key="OSName",value="Windows Server 2019 Datacenter"} 1
+
+Keys come from the module's ``kvp.keys`` allowlist only; values are guest-written, so they were
+cleaned and length-capped by :mod:`hyperv_exporter.cimxml`. A VM that is not running has no KVP
+component and therefore no series here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client.core import Metric
+
+from hyperv_exporter.collectors.base import VM_LABELS, Collector, CollectorContext, gauge, vm_labels
+
+
+class KvpCollector(Collector):
+    name = "kvp"
+    help = "Allowlisted KVP items (Msvm_KvpExchangeComponent, Msvm_KvpExchangeComponentSettingData)"
+    sections = ("kvp",)
+
+    def collect(self, ctx: CollectorContext) -> Iterator[Metric]:
+        family = gauge(
+            "hyperv_vm_kvp_info",
+            "Allowlisted Data Exchange (KVP) items; source is guest_intrinsic (GuestIntrinsicExchangeItems), "
+            "guest (GuestExchangeItems) or host (HostExchangeItems). Values are written by the guest: untrusted.",
+            [*VM_LABELS, "source", "key", "value"],
+        )
+        for vm in ctx.report.vms:
+            labels = vm_labels(vm)
+            for item in vm.kvp or ():
+                family.add_metric([*labels, item.source, item.key, item.value], 1.0)
+        yield family

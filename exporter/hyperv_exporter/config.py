@@ -1,0 +1,389 @@
+"""The exporter's configuration file (``--config.file``), strictly validated.
+
+Shape (every key is documented in docs/configuration.md)::
+
+    modules:
+      default:
+        targets: [hv01.corp.example, "*.hyperv.corp.example", 10.20.0.0/24]   # allowlist (required)
+        timeout: 30s
+        collectors: [host, vm, integration_services, kvp]    # default: every collector the flags allow
+        cache_ttl: 10s             # concurrent/nearby probes of one host share one result
+        refresh_interval: 0s       # > 0: refresh in the background and serve the last good result
+        endpoints: {}              # target -> WinRM URL, when a target is not reachable under its name
+        winrm:
+          scheme: https            # https (default) or http
+          port: 5986               # default by scheme
+          transport: ntlm          # ntlm (default), kerberos, certificate, basic
+          username: 'CORP\\svc-hyperv-monitor'
+          password_file: /etc/hyperv_exporter/password     # or password_env: HYPERV_PASSWORD
+          ca_file: /etc/hyperv_exporter/winrm-ca.pem
+        kvp:
+          keys: [OSName, OSVersion, FullyQualifiedDomainName, NetworkAddressIPv4]
+
+Passwords only come from a file or an environment variable and are read when the config is
+loaded (so a missing file fails at start-up, not at the first scrape); they are held in
+:class:`Secret`, whose ``repr``/``str`` is ``<secret>``. Every error names the file, the line and
+the key; the process exits non-zero before serving.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import ipaddress
+import os
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hyperv_exporter import logutil
+from hyperv_exporter.collectors import COLLECTORS
+from hyperv_exporter.model import KVP_SOURCES
+from hyperv_exporter.yamlutil import Node, YamlError, document
+
+DEFAULT_KVP_KEYS = ("OSName", "OSVersion", "FullyQualifiedDomainName", "NetworkAddressIPv4")
+TRANSPORTS = ("ntlm", "kerberos", "certificate", "basic")
+DEFAULT_PORTS = {"https": 5986, "http": 5985}
+MAX_VALUE_LENGTH_LIMIT = 2048
+
+# A probe target is a host name or an IP address, optionally with a port; nothing that could
+# smuggle a scheme, credentials or a path into the WinRM URL.
+_HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?)*\.?$")
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message says where and why."""
+
+
+class Secret:
+    """A password that never shows itself in reprs, logs or debug output."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+        logutil.register_secret(value)
+
+    def get(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "<secret>"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(("Secret", self._value))
+
+
+def split_target(target: str) -> tuple[str, int | None]:
+    """``host``, ``host:5986``, ``10.0.0.1``, ``[fe80::1]:5986`` -> (host, port). Raises ValueError."""
+    target = target.strip()
+    if not target or len(target) > 300:
+        raise ValueError("target must be a host name or IP address")
+    if target.startswith("["):
+        end = target.find("]")
+        if end < 0:
+            raise ValueError(f"target {target!r}: unbalanced [")
+        host, rest = target[1:end], target[end + 1 :]
+        ipaddress.IPv6Address(host)
+        port_text = rest[1:] if rest.startswith(":") else None
+        if rest and port_text is None:
+            raise ValueError(f"target {target!r}: unexpected text after ]")
+    elif target.count(":") > 1:
+        ipaddress.IPv6Address(target)
+        return target, None
+    else:
+        host, _, port_text = target.partition(":")
+        if not _HOSTNAME.match(host):
+            try:
+                ipaddress.IPv4Address(host)
+            except ValueError:
+                raise ValueError(f"target {target!r} is not a host name or IP address") from None
+        port_text = port_text if ":" in target else None
+    if port_text is None:
+        return host, None
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError(f"target {target!r}: invalid port")
+    return host, int(port_text)
+
+
+@dataclass(frozen=True)
+class TargetAllowlist:
+    """Which targets a module may send its credentials to: names, shell patterns and networks."""
+
+    names: frozenset[str] = frozenset()
+    patterns: tuple[str, ...] = ()
+    networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+
+    @classmethod
+    def parse(cls, entries: Iterable[str]) -> TargetAllowlist:
+        names: set[str] = set()
+        patterns: list[str] = []
+        networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+        for entry in entries:
+            entry = entry.strip()
+            if not entry:
+                raise ValueError("empty target entry")
+            if any(c in entry for c in "*?["):
+                patterns.append(entry.lower())
+                continue
+            try:
+                networks.append(ipaddress.ip_network(entry, strict=False))
+                continue
+            except ValueError:
+                pass
+            host, _ = split_target(entry)
+            names.add(host.lower().rstrip("."))
+        return cls(frozenset(names), tuple(patterns), tuple(networks))
+
+    def allows(self, target: str) -> bool:
+        host, _ = split_target(target)
+        host = host.lower().rstrip(".")
+        if host in self.names or any(fnmatch.fnmatchcase(host, p) for p in self.patterns):
+            return True
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        return any(address in net for net in self.networks)
+
+    def describe(self) -> list[str]:
+        return sorted(self.names) + list(self.patterns) + [str(n) for n in self.networks]
+
+
+@dataclass(frozen=True)
+class WinRMSettings:
+    scheme: str = "https"
+    port: int = 5986
+    path: str = "/wsman"
+    transport: str = "ntlm"
+    username: str | None = None
+    password: Secret | None = None
+    password_source: str | None = None  # "file /path" or "env NAME", for the landing page
+    ca_file: str | None = None
+    server_cert_validation: str = "validate"
+    client_cert_file: str | None = None
+    client_key_file: str | None = None
+    allow_unencrypted: bool = False
+    message_encryption: str = "auto"
+    kerberos_hostname_override: str | None = None
+    gzip: bool = True
+    max_output_bytes: int = 64 * 1024 * 1024
+    shell_max_idle: float = 600.0
+    shell_max_lifetime: float = 3600.0
+
+    def url(self, host: str, port: int | None) -> str:
+        if ":" in host:  # IPv6 literal
+            host = f"[{host}]"
+        return f"{self.scheme}://{host}:{port or self.port}{self.path}"
+
+    def redacted(self) -> dict[str, Any]:
+        """The settings as shown on the landing page and in debug output (no secrets)."""
+        shown = {k: v for k, v in vars(self).items() if k != "password"}
+        shown["password"] = "<secret>" if self.password is not None else None
+        return shown
+
+
+@dataclass(frozen=True)
+class KvpSettings:
+    keys: tuple[str, ...] = DEFAULT_KVP_KEYS
+    sources: tuple[str, ...] = KVP_SOURCES
+    max_value_length: int = 256
+
+
+@dataclass(frozen=True)
+class Module:
+    name: str
+    targets: TargetAllowlist
+    winrm: WinRMSettings
+    timeout: float = 30.0
+    collectors: tuple[str, ...] | None = None  # None: every collector the command line allows
+    kvp: KvpSettings = KvpSettings()
+    endpoints: Mapping[str, str] = field(default_factory=dict)
+    cache_ttl: float = 10.0
+    refresh_interval: float = 0.0
+
+    def endpoint_url(self, target: str) -> str:
+        override = self.endpoints.get(target.lower())
+        if override:
+            return override
+        host, port = split_target(target)
+        return self.winrm.url(host, port)
+
+
+@dataclass(frozen=True)
+class Config:
+    modules: Mapping[str, Module]
+    source: str = "<built-in>"
+
+
+def _read_password(node: Node, keys: dict[str, Node], base: Path) -> tuple[Secret | None, str | None]:
+    if "password_file" in keys and "password_env" in keys:
+        node.fail("set password_file or password_env, not both")
+    if "password_file" in keys:
+        path = Path(keys["password_file"].string())
+        if not path.is_absolute():
+            path = base / path
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            keys["password_file"].fail(f"cannot read password file {path}: {exc.strerror}")
+        password = text.rstrip("\r\n")
+        if not password:
+            keys["password_file"].fail(f"password file {path} is empty")
+        return Secret(password), f"file {path}"
+    if "password_env" in keys:
+        name = keys["password_env"].string()
+        value = os.environ.get(name)
+        if not value:
+            keys["password_env"].fail(f"environment variable {name} is not set or empty")
+        return Secret(value), f"env {name}"
+    return None, None
+
+
+def _winrm(node: Node, base: Path) -> WinRMSettings:
+    keys = node.mapping(
+        [
+            "scheme", "port", "path", "transport", "username", "password_file", "password_env", "ca_file",
+            "server_cert_validation", "client_cert_file", "client_key_file", "allow_unencrypted",
+            "message_encryption", "kerberos_hostname_override", "gzip", "max_output_bytes", "shell_max_idle",
+            "shell_max_lifetime",
+        ]
+    )  # fmt: skip
+    if "password" in (node.value or {}):
+        node.fail("passwords are never written into the config: use password_file or password_env")
+    scheme = keys["scheme"].string(DEFAULT_PORTS) if "scheme" in keys else "https"
+    transport = keys["transport"].string(TRANSPORTS) if "transport" in keys else "ntlm"
+    password, source = _read_password(node, keys, base)
+
+    def path_of(key: str) -> str | None:
+        if key not in keys:
+            return None
+        path = Path(keys[key].string())
+        path = path if path.is_absolute() else base / path
+        if not path.is_file():
+            keys[key].fail(f"file {path} does not exist")
+        return str(path)
+
+    settings = WinRMSettings(
+        scheme=scheme,
+        port=keys["port"].integer(1, 65535) if "port" in keys else DEFAULT_PORTS[scheme],
+        path=keys["path"].string() if "path" in keys else "/wsman",
+        transport=transport,
+        username=keys["username"].string() if "username" in keys else None,
+        password=password,
+        password_source=source,
+        ca_file=path_of("ca_file"),
+        server_cert_validation=(
+            keys["server_cert_validation"].string(("validate", "ignore")) if "server_cert_validation" in keys else "validate"
+        ),
+        client_cert_file=path_of("client_cert_file"),
+        client_key_file=path_of("client_key_file"),
+        allow_unencrypted=keys["allow_unencrypted"].boolean() if "allow_unencrypted" in keys else False,
+        message_encryption=(
+            keys["message_encryption"].string(("auto", "always", "never")) if "message_encryption" in keys else "auto"
+        ),
+        kerberos_hostname_override=(
+            keys["kerberos_hostname_override"].string() if "kerberos_hostname_override" in keys else None
+        ),
+        gzip=keys["gzip"].boolean() if "gzip" in keys else True,
+        max_output_bytes=keys["max_output_bytes"].size() if "max_output_bytes" in keys else 64 * 1024 * 1024,
+        shell_max_idle=keys["shell_max_idle"].duration() if "shell_max_idle" in keys else 600.0,
+        shell_max_lifetime=keys["shell_max_lifetime"].duration() if "shell_max_lifetime" in keys else 3600.0,
+    )
+    if not settings.path.startswith("/"):
+        keys["path"].fail("must start with /")
+    if transport == "certificate":
+        if settings.scheme != "https":
+            node.fail("certificate transport needs scheme: https")
+        if not (settings.client_cert_file and settings.client_key_file):
+            node.fail("certificate transport needs client_cert_file and client_key_file")
+    else:
+        if transport != "kerberos" and (settings.username is None or settings.password is None):
+            node.fail(f"{transport} transport needs username and password_file or password_env")
+    if transport == "basic" and scheme == "http" and not settings.allow_unencrypted:
+        node.fail(
+            "basic transport over plain http sends the password in clear text; use https, ntlm or kerberos, "
+            "or set allow_unencrypted: true if you really mean it"
+        )
+    if settings.message_encryption == "never" and scheme == "http" and not settings.allow_unencrypted:
+        node.fail("message_encryption: never over plain http needs allow_unencrypted: true")
+    return settings
+
+
+def _kvp(node: Node) -> KvpSettings:
+    keys = node.mapping(["keys", "sources", "max_value_length"])
+    kvp_keys = tuple(keys["keys"].strings()) if "keys" in keys else DEFAULT_KVP_KEYS
+    for key_node in keys["keys"].items() if "keys" in keys else []:
+        if not key_node.string().strip() or len(key_node.string()) > 512:
+            key_node.fail("KVP keys are 1 to 512 characters")
+    sources = tuple(item.string(KVP_SOURCES) for item in keys["sources"].items()) if "sources" in keys else KVP_SOURCES
+    return KvpSettings(
+        keys=kvp_keys,
+        sources=sources,
+        max_value_length=(
+            keys["max_value_length"].integer(1, MAX_VALUE_LENGTH_LIMIT) if "max_value_length" in keys else 256
+        ),
+    )
+
+
+def _module(name: str, node: Node, base: Path) -> Module:
+    keys = node.mapping(
+        ["targets", "timeout", "collectors", "kvp", "winrm", "endpoints", "cache_ttl", "refresh_interval"],
+        required=["targets", "winrm"],
+    )
+    targets_node = keys["targets"]
+    entries = targets_node.strings()
+    if not entries:
+        targets_node.fail("list at least one target, pattern or network (use '*' to allow any, which is unsafe)")
+    targets = targets_node.convert(lambda _: TargetAllowlist.parse(entries))
+    collectors = None
+    if "collectors" in keys:
+        collectors = tuple(item.string(COLLECTORS) for item in keys["collectors"].items())
+    endpoints: dict[str, str] = {}
+    for target, url_node in keys["endpoints"].entries() if "endpoints" in keys else []:
+        url = url_node.string()
+        if not re.match(r"^https?://[^/\s@]+(/\S*)?$", url):
+            url_node.fail("expected an http(s)://host:port/path URL without credentials")
+        endpoints[target.lower()] = url
+    return Module(
+        name=name,
+        targets=targets,
+        winrm=_winrm(keys["winrm"], base),
+        timeout=keys["timeout"].duration(minimum=0.1) if "timeout" in keys else 30.0,
+        collectors=collectors,
+        kvp=_kvp(keys["kvp"]) if "kvp" in keys else KvpSettings(),
+        endpoints=endpoints,
+        cache_ttl=keys["cache_ttl"].duration() if "cache_ttl" in keys else 10.0,
+        refresh_interval=keys["refresh_interval"].duration() if "refresh_interval" in keys else 0.0,
+    )
+
+
+def parse_config(text: str, filename: str, base: Path | None = None) -> Config:
+    """Validate config text. ``base`` is where relative paths are resolved (the file's folder)."""
+    try:
+        root = document(text, filename)
+        if root.value is None:
+            root.fail("the file is empty; it needs a modules: mapping")
+        top = root.mapping(["modules"], required=["modules"])
+        modules = {name: _module(name, node, base or Path(filename).parent) for name, node in top["modules"].entries()}
+        if not modules:
+            top["modules"].fail("define at least one module")
+    except YamlError as exc:
+        raise ConfigError(str(exc)) from None
+    return Config(modules=modules, source=filename)
+
+
+def load_config(path: str) -> Config:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: config file is not UTF-8") from None
+    return parse_config(text, path, Path(path).resolve().parent)

@@ -1,0 +1,239 @@
+"""One probe of one Hyper-V host: deadline, single flight, cache, background refresh, history.
+
+Rules this module enforces, because Prometheus and Hyper-V hosts both punish the alternatives:
+
+- **Bounded.** A probe answers by its deadline (module timeout, or Prometheus' scrape timeout
+  minus an offset, whichever is smaller) even if the host hangs: the WinRM work runs in a worker
+  thread and the requester waits at most until the deadline.
+- **One conversation per host.** Concurrent probes of the same module and target (an HA pair of
+  Prometheus servers) share the in-flight run; a result younger than ``cache_ttl`` is reused.
+- **Independent.** Each host has its own session and lock; a slow host never delays another.
+- **Background refresh** (``refresh_interval`` > 0): the host is probed on a timer and /probe
+  serves the last result immediately, with ``hyperv_last_success_timestamp_seconds`` saying how old.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from hyperv_exporter import cimxml, logutil, report, script
+from hyperv_exporter.collectors import COLLECTORS, sections_for
+from hyperv_exporter.collectors.base import ClockExchange
+from hyperv_exporter.config import Module
+from hyperv_exporter.model import HostReport
+from hyperv_exporter.selfmetrics import ExporterMetrics
+from hyperv_exporter.winrm_client import ProbeError, WinRMSession, clixml_errors
+
+log = logging.getLogger(__name__)
+
+HISTORY_LENGTH = 100
+
+
+@dataclass
+class ProbeResult:
+    module: str
+    target: str
+    collectors: tuple[str, ...]
+    started: float  # wall clock
+    duration: float = 0.0
+    report: HostReport | None = None
+    clock: ClockExchange | None = None
+    reason: str | None = None  # None when the probe succeeded
+    message: str | None = None
+    requests: int = 0
+    output_bytes: int = 0
+    shared: bool = False  # answered from the cache or another requester's run
+    log: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.reason is None and self.report is not None
+
+    def note(self, message: str) -> None:
+        self.log.append(f"{time.strftime('%H:%M:%S')} {logutil.redact(message)}")
+
+
+@dataclass
+class _Entry:
+    """Per (module, target) state."""
+
+    session: WinRMSession | None = None
+    inflight: Future[ProbeResult] | None = None
+    last: ProbeResult | None = None
+    last_good: ProbeResult | None = None
+    refresher: threading.Thread | None = None
+    seen_problems: set[str] = field(default_factory=set)
+
+
+class Prober:
+    def __init__(self, metrics: ExporterMetrics, allowed_collectors: tuple[str, ...], max_workers: int = 256) -> None:
+        self.metrics = metrics
+        self.allowed_collectors = allowed_collectors
+        self._entries: dict[tuple[str, str], _Entry] = {}
+        self._lock = threading.Lock()
+        self._executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="probe")
+        self.history: deque[ProbeResult] = deque(maxlen=HISTORY_LENGTH)
+        self._stopped = threading.Event()
+
+    def collectors_for(self, module: Module) -> tuple[str, ...]:
+        wanted = module.collectors if module.collectors is not None else self.allowed_collectors
+        return tuple(c for c in COLLECTORS if c in wanted and c in self.allowed_collectors)
+
+    # -- public ----------------------------------------------------------------------------------
+    def probe(self, module: Module, target: str, timeout: float) -> ProbeResult:
+        """Probe ``target`` with ``module``; never takes (much) longer than ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        key = (module.name, target.lower())
+        with self._lock:
+            entry = self._entries.setdefault(key, _Entry())
+            if module.refresh_interval > 0:
+                self._ensure_refresher(key, entry, module, target)
+            last = entry.last
+            if last is not None and (
+                module.refresh_interval > 0 or time.time() - (last.started + last.duration) < module.cache_ttl
+            ):
+                return self._shared(last, module)
+            future, shared = self._submit(module, target, entry, deadline)
+        try:
+            result = future.result(timeout=max(0.0, deadline - time.monotonic()))
+        except TimeoutError:
+            result = ProbeResult(module.name, target, self.collectors_for(module), time.time() - timeout)
+            result.duration = timeout
+            result.reason, result.message = "timeout", f"no answer from the host within {timeout:.1f}s"
+            result.note(result.message)
+            self._record(module, target, result, counted=False)
+            return result
+        return self._shared(result, module) if shared else result
+
+    def _submit(self, module: Module, target: str, entry: _Entry, deadline: float) -> tuple[Future[ProbeResult], bool]:
+        """Join the run in flight for this host, or start one. Caller holds ``self._lock``."""
+        if entry.inflight is not None and not entry.inflight.done():
+            return entry.inflight, True
+        entry.inflight = self._executor.submit(self._run, module, target, entry, deadline)
+        return entry.inflight, False
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        with self._lock:
+            sessions = [e.session for e in self._entries.values() if e.session is not None]
+        for session in sessions:
+            session.close()
+
+    def forget_module(self, name: str) -> None:
+        """Drop sessions of a module that a reload removed or changed (its credentials may differ)."""
+        with self._lock:
+            keys = [k for k in self._entries if k[0] == name]
+            entries = [self._entries.pop(k) for k in keys]
+        for entry in entries:
+            if entry.session is not None:
+                entry.session.close()
+
+    # -- internals -------------------------------------------------------------------------------
+    def _shared(self, result: ProbeResult, module: Module) -> ProbeResult:
+        self.metrics.shared_results.labels(module.name).inc()
+        copy = ProbeResult(**{**vars(result), "shared": True})
+        return copy
+
+    def _ensure_refresher(self, key: tuple[str, str], entry: _Entry, module: Module, target: str) -> None:
+        """Start the background refresh loop for this host (caller holds ``self._lock``)."""
+        if entry.refresher is not None and entry.refresher.is_alive():
+            return
+
+        def loop() -> None:
+            while not self._stopped.is_set() and self._entries.get(key) is entry:
+                started = time.monotonic()
+                with self._lock:
+                    future, _ = self._submit(module, target, entry, started + module.timeout)
+                try:
+                    future.result(timeout=module.timeout + 5.0)
+                except Exception:  # a timeout here is already recorded by _run's own deadline
+                    log.debug("background refresh did not finish", extra=logutil.fields(module=key[0], target=target))
+                self._stopped.wait(max(0.0, module.refresh_interval - (time.monotonic() - started)))
+
+        entry.refresher = threading.Thread(target=loop, name=f"refresh-{key[0]}-{key[1]}", daemon=True)
+        entry.refresher.start()
+
+    def _run(self, module: Module, target: str, entry: _Entry, deadline: float) -> ProbeResult:
+        collectors = self.collectors_for(module)
+        result = ProbeResult(module.name, target, collectors, time.time())
+        start = time.monotonic()
+        if entry.session is None:
+            entry.session = WinRMSession(module.endpoint_url(target), module.winrm, script.script_text())
+        session = entry.session
+        shells_before = session.shells_opened
+        try:
+            with session.lock:
+                result.note(f"probing {session.url} with collectors {','.join(collectors)}")
+                command, args = script.command_line(sections_for(collectors), module.winrm.gzip)
+                exchange = session.run(command, args, deadline)
+            result.requests = exchange.requests
+            result.output_bytes = len(exchange.stdout)
+            result.note(
+                f"exit code {exchange.exit_code}, {len(exchange.stdout)} bytes of output, "
+                f"{exchange.requests} HTTP requests{' (new shell)' if exchange.new_shell else ''}"
+            )
+            if exchange.exit_code != 0:
+                detail = clixml_errors(exchange.stderr) or "no error text"
+                raise ProbeError("powershell", f"PowerShell exited with code {exchange.exit_code}: {detail}")
+            text = report.decode_output(exchange.stdout, module.winrm.max_output_bytes)
+            kvp_filter = cimxml.allowlist(module.kvp.keys, module.kvp.max_value_length)
+            result.report = report.parse_report(text, kvp_filter, frozenset(module.kvp.sources))
+            result.clock = ClockExchange(exchange.sent, exchange.received)
+            result.note(f"{len(result.report.vms)} VMs, {len(result.report.problems)} problems")
+        except ProbeError as exc:
+            result.reason, result.message = exc.reason, logutil.redact(str(exc))
+        except report.ReportError as exc:
+            result.reason, result.message = exc.reason, str(exc)
+        except Exception as exc:  # a bug must cost one probe, not the process
+            log.exception("probe failed unexpectedly", extra=logutil.fields(module=module.name, target=target))
+            result.reason, result.message = "winrm_fault", f"internal error: {type(exc).__name__}"
+        result.duration = time.monotonic() - start
+        if result.reason:
+            result.note(f"failed ({result.reason}): {result.message}")
+        self.metrics.shells_opened.labels(module.name).inc(session.shells_opened - shells_before)
+        self._record(module, target, result, counted=True)
+        with self._lock:
+            entry.last = result
+            if result.ok:
+                entry.last_good = result
+        return result
+
+    def _record(self, module: Module, target: str, result: ProbeResult, counted: bool) -> None:
+        m = self.metrics
+        m.probes.labels(module.name, "true" if result.ok else "false").inc()
+        if counted:
+            m.collection_duration.labels(module.name).observe(result.duration)
+            m.winrm_requests.labels(module.name).inc(result.requests)
+        fields = {"module": module.name, "target": target, "duration_seconds": round(result.duration, 3)}
+        if result.reason:
+            m.probe_errors.labels(module.name, target, result.reason).inc()
+            log.warning("probe failed: %s", result.message, extra=logutil.fields(**fields, reason=result.reason))
+        else:
+            log.debug("probe succeeded", extra=logutil.fields(**fields))
+        if result.report is not None and result.report.problems:
+            m.parse_problems.labels(module.name).inc(len(result.report.problems))
+            self._log_problems(module, target, result.report.problems)
+        self.history.appendleft(result)
+
+    def _log_problems(self, module: Module, target: str, problems: list[str]) -> None:
+        # Each distinct problem is logged once per host at warning level, then only at debug, so a
+        # guest that keeps writing malformed KVP cannot flood the log.
+        key = (module.name, target.lower())
+        entry = self._entries.get(key)
+        seen = entry.seen_problems if entry is not None else set()
+        for problem in problems:
+            if problem in seen or len(seen) > 1000:
+                log.debug("host report problem: %s", problem, extra=logutil.fields(module=module.name, target=target))
+            else:
+                seen.add(problem)
+                log.warning("host report problem: %s", problem, extra=logutil.fields(module=module.name, target=target))
+
+
+ProbeFunction = Callable[[Module, str, float], ProbeResult]

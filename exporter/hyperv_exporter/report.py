@@ -1,0 +1,367 @@
+"""Raw WinRM output -> :class:`~hyperv_exporter.model.HostReport`.
+
+Two steps, both defensive because the input crosses a network and partly comes from guests:
+
+1. :func:`decode_output` turns stdout bytes into JSON text: the gzip+base64 form (``-Gzip``) is
+   inflated with a hard cap on the inflated size; plain output is UTF-8 (the shell uses code page
+   65001), with a fallback to Windows-1252 for a host that ignored that, so one mis-encoded VM
+   name does not cost the whole host.
+2. :func:`parse_report` maps the JSON document to records. A property that is missing, null or of
+   the wrong type becomes ``None``/``unknown`` and, when that is not normal, a line in
+   ``report.problems`` that says where; it never raises for per-VM damage. Only a document that
+   is not the script's at all raises :class:`ReportError`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import zlib
+from collections.abc import Mapping
+from typing import Any
+
+from hyperv_exporter import cimxml, enums
+from hyperv_exporter.model import (
+    KVP_GUEST,
+    KVP_GUEST_INTRINSIC,
+    KVP_HOST,
+    VM,
+    Checkpoint,
+    HostInfo,
+    HostReport,
+    IntegrationService,
+    KvpItem,
+    Replication,
+    Resources,
+    Section,
+)
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+DOTNET_EPOCH_TICKS = 621_355_968_000_000_000  # DateTime(1970-01-01).Ticks: 100 ns units since 0001-01-01
+GZIP_BASE64_PREFIX = b"H4sI"  # base64 of the gzip magic 1f 8b 08
+# Hostile or broken hosts must not be able to blow up memory: at most this many VMs and
+# integration services per VM are looked at (a real host has a few hundred VMs, six services).
+MAX_VMS = 20_000
+MAX_SERVICES_PER_VM = 32
+MAX_KVP_ITEMS_PER_ARRAY = 4096
+MAX_CHECKPOINTS_PER_VM = 4096
+MAX_TEXT = 1024  # VM names, descriptions and versions are capped to this many characters
+
+# Snapshot types that are Hyper-V Replica recovery points, not user checkpoints (a-schild's
+# Zabbix template v2.1.0 excludes them for the same reason).
+REPLICA_SNAPSHOT_TYPES = frozenset({"replica", "app_consistent_replica", "synced_replica"})
+
+
+class ReportError(ValueError):
+    """The output is not a collection document (wrong format, too large, truncated)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason  # "parse" or "output_too_large"
+
+
+def decode_output(stdout: bytes, max_bytes: int) -> str:
+    """stdout bytes -> JSON text, inflating the ``-Gzip`` form with a cap of ``max_bytes``."""
+    data = stdout.strip()
+    if data.startswith(GZIP_BASE64_PREFIX):
+        try:
+            compressed = base64.b64decode(data, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise ReportError("parse", f"output looks gzip+base64 encoded but is not valid base64: {exc}") from None
+        inflater = zlib.decompressobj(wbits=31)  # 31: gzip header and trailer
+        try:
+            data = inflater.decompress(compressed, max_bytes + 1)
+        except zlib.error as exc:
+            raise ReportError("parse", f"output is not valid gzip: {exc}") from None
+        if len(data) > max_bytes:
+            raise ReportError("output_too_large", f"inflated output exceeds {max_bytes} bytes")
+        if not inflater.eof:
+            raise ReportError("parse", "gzip output is truncated")
+    elif len(data) > max_bytes:
+        raise ReportError("output_too_large", f"output of {len(data)} bytes exceeds {max_bytes} bytes")
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        log.warning("host output is not UTF-8; decoding it as Windows-1252 (non-ASCII names may be wrong)")
+        return data.decode("cp1252", errors="replace")
+
+
+def ticks_to_unix(ticks: object) -> float | None:
+    if isinstance(ticks, bool) or not isinstance(ticks, int | float):
+        return None
+    return (ticks - DOTNET_EPOCH_TICKS) / 1e7
+
+
+class _Fields:
+    """Typed access to one JSON object; wrong types become None and a problem line."""
+
+    __slots__ = ("obj", "problems", "where")
+
+    def __init__(self, obj: Mapping[str, Any], where: str, problems: list[str]) -> None:
+        self.obj = obj
+        self.where = where
+        self.problems = problems
+
+    def _wrong(self, key: str, expected: str) -> None:
+        self.problems.append(f"{self.where}: property {key} is not {expected}")
+
+    def text(self, key: str) -> str | None:
+        value = self.obj.get(key)
+        if value is None:
+            return None
+        if isinstance(value, str):
+            return value[:MAX_TEXT]
+        self._wrong(key, "a string")
+        return None
+
+    def number(self, key: str) -> float | None:
+        value = self.obj.get(key)
+        if value is None:
+            return None
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        self._wrong(key, "a number")
+        return None
+
+    def integer(self, key: str) -> int | None:
+        value = self.obj.get(key)
+        if value is None:
+            return None
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        self._wrong(key, "an integer")
+        return None
+
+    def boolean(self, key: str) -> bool | None:
+        value = self.obj.get(key)
+        if value is None or isinstance(value, bool):
+            return value
+        self._wrong(key, "a boolean")
+        return None
+
+    def enum(self, key: str, allowed: tuple[str, ...]) -> str:
+        raw = self.text(key)
+        label = enums.label_for(raw, allowed)
+        if raw and label == enums.UNKNOWN and enums.snake(raw) != enums.UNKNOWN:
+            self.problems.append(f"{self.where}: unknown {key} {raw[:64]!r}")
+        return label
+
+    def array(self, key: str, limit: int) -> list[Any] | None:
+        value = self.obj.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, list):
+            # PowerShell prints a one-element collection as a bare object unless the script wraps
+            # it; accept that shape instead of losing the data.
+            value = [value]
+        if len(value) > limit:
+            self.problems.append(f"{self.where}: {key} has {len(value)} entries; only the first {limit} are used")
+            value = value[:limit]
+        return value
+
+    def mapping(self, key: str) -> _Fields | None:
+        value = self.obj.get(key)
+        if value is None:
+            return None
+        if isinstance(value, dict):
+            return _Fields(value, f"{self.where} {key}", self.problems)
+        self._wrong(key, "an object")
+        return None
+
+
+def _services(vm: _Fields, where: str) -> list[IntegrationService] | None:
+    entries = vm.array("IntegrationServices", MAX_SERVICES_PER_VM)
+    if entries is None:
+        return None
+    result: list[IntegrationService] = []
+    seen: set[str] = set()
+    for entry in entries:
+        if not isinstance(entry, dict):
+            vm.problems.append(f"{where}: an integration service entry is not an object")
+            continue
+        f = _Fields(entry, where, vm.problems)
+        service = enums.service_for_id(f.text("Id"))
+        if service is None or service in seen:
+            # Unknown GUIDs (a service newer than this exporter) are left out to keep labels bounded.
+            continue
+        seen.add(service)
+        secondary = f.text("SecondaryOperationalStatus")
+        result.append(
+            IntegrationService(
+                service=service,
+                display_name=f.text("Name") or service,
+                enabled=f.boolean("Enabled"),
+                primary_status=f.enum("PrimaryOperationalStatus", enums.IC_STATUSES),
+                secondary_status=None if secondary is None else enums.label_for(secondary, enums.IC_STATUSES),
+                primary_description=f.text("PrimaryStatusDescription"),
+                secondary_description=f.text("SecondaryStatusDescription"),
+            )
+        )
+    return result
+
+
+def _kvp(vm: _Fields, where: str, kvp_filter: cimxml.KvpFilter, sources: frozenset[str]) -> list[KvpItem] | None:
+    kvp = vm.mapping("Kvp")
+    if kvp is None:
+        return None
+    items: list[KvpItem] = []
+    for prop, source in (
+        ("GuestIntrinsicExchangeItems", KVP_GUEST_INTRINSIC),
+        ("GuestExchangeItems", KVP_GUEST),
+        ("HostExchangeItems", KVP_HOST),
+    ):
+        if source not in sources:
+            continue
+        raw = kvp.array(prop, MAX_KVP_ITEMS_PER_ARRAY) or []
+        seen: set[str] = set()
+        for key, value in cimxml.select(raw, kvp_filter, vm.problems, f"{where} {prop}"):
+            if key not in seen:  # the first item wins if a guest writes a key twice
+                seen.add(key)
+                items.append(KvpItem(source, key, value))
+    return items
+
+
+def _resources(vm: _Fields) -> Resources | None:
+    r = vm.mapping("Resources")
+    if r is None:
+        return None
+    cpu = r.number("CPUUsage")
+    return Resources(
+        processor_count=r.integer("ProcessorCount"),
+        cpu_usage_ratio=None if cpu is None else cpu / 100.0,
+        memory_assigned_bytes=r.integer("MemoryAssigned"),
+        memory_demand_bytes=r.integer("MemoryDemand"),
+        memory_startup_bytes=r.integer("MemoryStartup"),
+        dynamic_memory_enabled=r.boolean("DynamicMemoryEnabled"),
+    )
+
+
+def _replication(vm: _Fields) -> Replication | None:
+    r = vm.mapping("Replication")
+    if r is None:
+        return None
+    return Replication(
+        state=r.enum("State", enums.REPLICATION_STATES),
+        health=r.enum("Health", enums.REPLICATION_HEALTHS),
+        mode=r.enum("Mode", enums.REPLICATION_MODES),
+        last_replication_timestamp=ticks_to_unix(r.obj.get("LastReplicationTimeTicks")),
+    )
+
+
+def _checkpoints(vm: _Fields, where: str) -> list[Checkpoint] | None:
+    entries = vm.array("Checkpoints", MAX_CHECKPOINTS_PER_VM)
+    if entries is None:
+        return None
+    result: list[Checkpoint] = []
+    for entry in entries:
+        if isinstance(entry, dict):
+            f = _Fields(entry, where, vm.problems)
+            result.append(
+                Checkpoint(
+                    snapshot_type=enums.snake(f.text("SnapshotType") or enums.UNKNOWN),
+                    creation_timestamp=ticks_to_unix(entry.get("CreationTimeTicks")),
+                )
+            )
+    return result
+
+
+def _vm(
+    entry: Mapping[str, Any],
+    index: int,
+    problems: list[str],
+    kvp_filter: cimxml.KvpFilter,
+    kvp_sources: frozenset[str],
+) -> VM | None:
+    f = _Fields(entry, f"VM #{index}", problems)
+    name = f.text("Name")
+    vm_id = f.text("Id")
+    if not name or not vm_id:
+        problems.append(f"VM #{index}: no Name or Id; VM skipped")
+        return None
+    where = f"VM {name!r}"
+    f.where = where
+    is_state_text = (f.text("IntegrationServicesState") or "").strip().lower()
+    is_state = enums.IS_STATE_TEXT.get(is_state_text, enums.UNKNOWN)
+    if is_state_text and is_state == enums.UNKNOWN:
+        problems.append(f"{where}: unknown IntegrationServicesState {is_state_text[:64]!r}")
+    heartbeat_raw = f.text("Heartbeat")
+    return VM(
+        name=name,
+        id=vm_id.strip().strip("{}").lower(),
+        state=f.enum("State", enums.VM_STATES),
+        status=f.text("Status"),
+        heartbeat=enums.UNKNOWN if heartbeat_raw is None else f.enum("Heartbeat", enums.HEARTBEAT_STATUSES),
+        uptime_seconds=f.number("UptimeSeconds"),
+        integration_services_version=f.text("IntegrationServicesVersion"),
+        integration_services_state=is_state,
+        generation=f.integer("Generation"),
+        version=f.text("Version"),
+        is_clustered=f.boolean("IsClustered"),
+        integration_services=_services(f, where),
+        kvp=_kvp(f, where, kvp_filter, kvp_sources),
+        resources=_resources(f),
+        replication=_replication(f),
+        checkpoints=_checkpoints(f, where),
+    )
+
+
+def parse_report(
+    text: str,
+    kvp_filter: cimxml.KvpFilter,
+    kvp_sources: frozenset[str] = frozenset((KVP_GUEST_INTRINSIC, KVP_GUEST, KVP_HOST)),
+) -> HostReport:
+    """Parse the script's JSON document. Raises :class:`ReportError` if it is not one."""
+    try:
+        doc = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise ReportError("parse", f"output is not JSON: {exc.msg if isinstance(exc, json.JSONDecodeError) else exc}") from None
+    if not isinstance(doc, dict):
+        raise ReportError("parse", f"output is a JSON {type(doc).__name__}, not the collection document")
+    version = doc.get("SchemaVersion")
+    if version != SCHEMA_VERSION:
+        raise ReportError("parse", f"unsupported SchemaVersion {version!r} (expected {SCHEMA_VERSION})")
+    problems: list[str] = []
+    top = _Fields(doc, "document", problems)
+    host = top.mapping("Host") or _Fields({}, "Host", problems)
+    sections: dict[str, Section] = {}
+    raw_sections = top.mapping("Sections")
+    if raw_sections is not None:
+        for name, value in list(raw_sections.obj.items())[:64]:
+            if isinstance(value, dict):
+                s = _Fields(value, f"section {name}", problems)
+                sections[str(name)[:64]] = Section(seconds=s.number("Seconds"), error=s.text("Error"))
+    vms: list[VM] = []
+    seen_ids: set[str] = set()
+    for index, entry in enumerate(top.array("VMs", MAX_VMS) or []):
+        if not isinstance(entry, dict):
+            problems.append(f"VM #{index}: not an object; skipped")
+            continue
+        vm = _vm(entry, index, problems, kvp_filter, kvp_sources)
+        if vm is None:
+            continue
+        if vm.id in seen_ids:
+            problems.append(f"VM {vm.name!r}: duplicate Id {vm.id}; skipped")
+            continue
+        seen_ids.add(vm.id)
+        vms.append(vm)
+    return HostReport(
+        host=HostInfo(
+            computer_name=host.text("ComputerName"),
+            os_caption=host.text("OSCaption"),
+            os_version=host.text("OSVersion"),
+            ui_culture=host.text("UICulture"),
+        ),
+        vms=vms,
+        sections=sections,
+        clock_start=ticks_to_unix(doc.get("ClockStartTicks")),
+        clock_end=ticks_to_unix(doc.get("ClockEndTicks")),
+        problems=problems,
+    )

@@ -1,0 +1,465 @@
+"""The simulated fleet: Hyper-V hosts and VMs described in Hyper-V's own terms (a YAML fleet file).
+
+A fleet file lists hosts with the properties Windows reports (ComputerName, OSCaption, OSVersion,
+UICulture) plus a ``Simulator`` block for the listener (port, credentials, latency), and their VMs
+with Get-VM property and enum names (``State: Running``, ``Heartbeat: OkApplicationsUnknown``),
+integration services as Get-VMIntegrationService records, KVP items as the CIM-XML strings Hyper-V
+stores, and checkpoints as Get-VMSnapshot records. docs/simulator.md documents every key;
+``sim/demo_fleet.yml`` is the built-in example.
+
+:meth:`SimHost.document` renders what ``collect.ps1`` would print on such a host, from the same
+rules a real host follows (an Off VM has no heartbeat and no KVP component, a Windows Server 2012
+host has no Guest Service Interface, service names follow the host's UI language). Tests change a
+running fleet through :meth:`SimVM.set` and :meth:`SimHost.set`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from xml.sax.saxutils import escape
+
+from hyperv_exporter import enums
+from hyperv_exporter.report import DOTNET_EPOCH_TICKS
+from hyperv_exporter.yamlutil import Node, YamlError, document
+
+KVP_ARRAYS = ("GuestIntrinsicExchangeItems", "GuestExchangeItems", "HostExchangeItems")
+SNAPSHOT_TYPES = ("Standard", "Recovery", "Planned", "Missing", "Replica", "AppConsistentReplica", "SyncedReplica")
+SERVICE_GUID = {name: guid for guid, name in enums.SERVICE_GUIDS.items()}
+# English descriptions of integration-service statuses; Windows localizes them, but the
+# exporter never reads them (it uses the enum names), so the simulator keeps English.
+STATUS_DESCRIPTIONS = {
+    "Ok": "OK",
+    "Degraded": "Degraded",
+    "Error": "Error",
+    "NonRecoverableError": "Non-Recoverable Error",
+    "NoContact": "No Contact",
+    "LostCommunication": "Lost Communication",
+    "ProtocolMismatch": "Protocol Mismatch",
+    "ApplicationCritical": "Application Critical",
+    "CommunicationTimedOut": "Communication Timed Out",
+    "CommunicationFailed": "Communication Failed",
+    "Disabled": "Disabled",
+}
+VM_KEYS = (
+    "Name", "Id", "State", "Status", "Heartbeat", "UptimeSeconds", "IntegrationServicesVersion",
+    "IntegrationServicesState", "Generation", "Version", "IsClustered", "ProcessorCount", "CPUUsage",
+    "MemoryAssigned", "MemoryDemand", "MemoryStartup", "DynamicMemoryEnabled", "ReplicationState",
+    "ReplicationHealth", "ReplicationMode", "LastReplicationTime", "LastReplicationAgeSeconds",
+    "IntegrationServices", "Kvp", "Snapshots",
+)  # fmt: skip
+SERVICE_KEYS = (
+    "Id", "Name", "Enabled", "PrimaryOperationalStatus", "PrimaryStatusDescription",
+    "SecondaryOperationalStatus", "SecondaryStatusDescription",
+)  # fmt: skip
+
+
+def kvp_item(name: str, data: str, source: int = 2) -> str:
+    """One Msvm_KvpExchangeDataItem as the single-line CIM-XML Hyper-V stores (reference §2.2)."""
+    return (
+        '<INSTANCE CLASSNAME="Msvm_KvpExchangeDataItem">'
+        '<PROPERTY NAME="Caption" PROPAGATED="true" TYPE="string"></PROPERTY>'
+        f'<PROPERTY NAME="Data" TYPE="string"><VALUE>{escape(data)}</VALUE></PROPERTY>'
+        '<PROPERTY NAME="Description" PROPAGATED="true" TYPE="string"></PROPERTY>'
+        '<PROPERTY NAME="ElementName" PROPAGATED="true" TYPE="string"></PROPERTY>'
+        f'<PROPERTY NAME="Name" TYPE="string"><VALUE>{escape(name)}</VALUE></PROPERTY>'
+        f'<PROPERTY NAME="Source" TYPE="uint16"><VALUE>{source}</VALUE></PROPERTY>'
+        "</INSTANCE>"
+    )
+
+
+def to_ticks(unix: float) -> int:
+    return round(unix * 1e7) + DOTNET_EPOCH_TICKS
+
+
+def _enum(node: Node, names: Iterable[str]) -> str:
+    return node.string(names)
+
+
+def _timestamp(node: Node) -> float:
+    value = node.value
+    if isinstance(value, dt.datetime):
+        return (value if value.tzinfo else value.replace(tzinfo=dt.UTC)).timestamp()
+    if isinstance(value, str):
+        try:
+            parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            node.fail("expected an ISO-8601 time like 2025-06-01T08:00:00Z")
+        return (parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)).timestamp()
+    node.fail("expected an ISO-8601 time like 2025-06-01T08:00:00Z")
+
+
+@dataclass
+class SimVM:
+    """One VM; ``props`` holds Get-VM properties by their Hyper-V names."""
+
+    props: dict[str, Any]
+    services: dict[str, dict[str, Any]]  # canonical service -> Get-VMIntegrationService record overrides
+    kvp: dict[str, list[Any]]  # KVP array name -> raw items (CIM-XML strings; tests may put anything)
+    snapshots: list[dict[str, Any]]
+    started: float  # wall clock the simulated VM started (for Uptime)
+    host: SimHost | None = None
+
+    @property
+    def name(self) -> str:
+        return str(self.props["Name"])
+
+    @property
+    def id(self) -> str:
+        return str(self.props["Id"])
+
+    def set(self, **props: Any) -> None:
+        """Change Get-VM properties while the simulator runs (e.g. ``Heartbeat="LostCommunication"``)."""
+        lock = self.host.lock if self.host else threading.Lock()
+        with lock:
+            if props.get("State") in ("Running", "RunningCritical") and self.props.get("State") not in (
+                "Running",
+                "RunningCritical",
+            ):
+                self.started = time.time()
+            self.props.update(props)
+
+    def set_service(self, service: str, **record: Any) -> None:
+        """Change an integration service (``service`` is the canonical name, e.g. ``vss``)."""
+        lock = self.host.lock if self.host else threading.Lock()
+        with lock:
+            self.services.setdefault(service, {}).update(record)
+
+    def running(self) -> bool:
+        return self.props.get("State") in ("Running", "RunningCritical")
+
+
+@dataclass
+class SimHost:
+    computer_name: str
+    os_caption: str
+    os_version: str
+    ui_culture: str
+    vms: list[SimVM]
+    clock_offset: float = 0.0
+    port: int = 0
+    username: str = "monitor"
+    password: str | None = None
+    latency: float = 0.0
+    run_seconds: float = 0.05
+    lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
+    # Output faults for resilience tests (see sim.host.OUTPUT_FAULTS); None = answer normally.
+    output_fault: str | None = None
+
+    def vm(self, name: str) -> SimVM:
+        for vm in self.vms:
+            if vm.name == name:
+                return vm
+        raise KeyError(f"no VM {name!r} on simulated host {self.computer_name}")
+
+    def set(self, **attrs: Any) -> None:
+        with self.lock:
+            for key, value in attrs.items():
+                if not hasattr(self, key):
+                    raise AttributeError(key)
+                setattr(self, key, value)
+
+    def has_guest_service_interface(self) -> bool:
+        # Guest Service Interface arrived with Windows Server 2012 R2 (6.3); 2012 (6.2) lists five services.
+        parts = self.os_version.split(".")
+        try:
+            return (int(parts[0]), int(parts[1])) >= (6, 3)
+        except (IndexError, ValueError):
+            return True
+
+    # -- rendering ---------------------------------------------------------------------------------
+    def _service_records(self, vm: SimVM) -> list[dict[str, Any]]:
+        names = enums.SERVICE_DISPLAY_NAMES.get(self.ui_culture, enums.SERVICE_DISPLAY_NAMES["en-US"])
+        running = vm.running()
+        records = []
+        for service in enums.SERVICES:
+            if service == enums.GUEST_SERVICE_INTERFACE and not self.has_guest_service_interface():
+                continue
+            override = vm.services.get(service, {})
+            enabled = bool(override.get("Enabled", service in enums.DEFAULT_ON_SERVICES))
+            # A VM that is not running reports no operational status for its services.
+            primary = override.get("PrimaryOperationalStatus", "Ok" if running else None)
+            secondary = override.get("SecondaryOperationalStatus", "Ok" if running and service == enums.HEARTBEAT else None)
+            records.append(
+                {
+                    "Id": override.get("Id", f"Microsoft:{vm.id.upper()}\\{SERVICE_GUID[service]}"),
+                    "Name": override.get("Name", names[service]),
+                    "Enabled": enabled,
+                    "PrimaryOperationalStatus": primary,
+                    "PrimaryStatusDescription": override.get(
+                        "PrimaryStatusDescription", STATUS_DESCRIPTIONS.get(primary) if primary else None
+                    ),
+                    "SecondaryOperationalStatus": secondary,
+                    "SecondaryStatusDescription": override.get(
+                        "SecondaryStatusDescription", STATUS_DESCRIPTIONS.get(secondary) if secondary else None
+                    ),
+                }
+            )
+        return records
+
+    def _vm_record(self, vm: SimVM, sections: set[str], now: float) -> dict[str, Any]:
+        p = vm.props
+        running = vm.running()
+        state = p.get("State", "Off")
+        record: dict[str, Any] = {
+            "Name": vm.name,
+            "Id": vm.id,
+            "State": state,
+            "Status": p.get("Status", "Operating normally"),
+            "Heartbeat": p.get("Heartbeat", "OkApplicationsHealthy") if running else None,
+            "UptimeSeconds": round(max(0.0, now - vm.started), 7) if running else 0,
+            "IntegrationServicesVersion": p.get("IntegrationServicesVersion"),
+            "IntegrationServicesState": p.get("IntegrationServicesState", "Up to date" if running else ""),
+            "Generation": p.get("Generation", 2),
+            "Version": p.get("Version", "9.0"),
+            "IsClustered": bool(p.get("IsClustered", False)),
+        }
+        if "integration_services" in sections:
+            record["IntegrationServices"] = self._service_records(vm)
+        if "kvp" in sections:
+            # Msvm_KvpExchangeComponent only exists while the VM runs.
+            record["Kvp"] = {name: list(vm.kvp.get(name, [])) for name in KVP_ARRAYS} if running else None
+        if "resources" in sections:
+            record["Resources"] = {
+                "ProcessorCount": p.get("ProcessorCount", 2),
+                "CPUUsage": p.get("CPUUsage", 1 if running else 0),
+                "MemoryAssigned": p.get("MemoryAssigned", 4 * 1024**3) if running else 0,
+                "MemoryDemand": p.get("MemoryDemand", 2 * 1024**3) if running else 0,
+                "MemoryStartup": p.get("MemoryStartup", 4 * 1024**3),
+                "DynamicMemoryEnabled": bool(p.get("DynamicMemoryEnabled", False)),
+            }
+        if "replication" in sections:
+            mode = p.get("ReplicationMode", "None")
+            last = p.get("LastReplicationTime")
+            if last is None and p.get("LastReplicationAgeSeconds") is not None:
+                last = now - float(p["LastReplicationAgeSeconds"])
+            record["Replication"] = {
+                "State": p.get("ReplicationState", "Disabled"),
+                "Health": p.get("ReplicationHealth", "NotApplicable"),
+                "Mode": mode,
+                "LastReplicationTimeTicks": to_ticks(float(last)) if last is not None and mode != "None" else None,
+            }
+        if "checkpoints" in sections:
+            record["Checkpoints"] = [
+                {
+                    "SnapshotType": s.get("SnapshotType", "Standard"),
+                    "CreationTimeTicks": to_ticks(s["CreationTime"] if "CreationTime" in s else now - s.get("AgeSeconds", 0)),
+                }
+                for s in vm.snapshots
+            ]
+        return record
+
+    def document(self, sections: Iterable[str], started: float) -> dict[str, Any]:
+        """What collect.ps1 builds on this host for ``-Collectors <sections>``; ClockEndTicks is added
+        by the caller after serialisation, as the script does."""
+        wanted = set(sections)
+        with self.lock:
+            now = started
+            vms = self.vms
+            doc_sections: dict[str, Any] = {"host": {"Seconds": 0.012, "Error": None}, "vm": {"Seconds": 0.3, "Error": None}}
+            for name in ("integration_services", "kvp", "replication", "checkpoints"):
+                if name in wanted:
+                    doc_sections[name] = {"Seconds": round(0.0004 * len(vms) + 0.02, 4), "Error": None}
+            return {
+                "SchemaVersion": 1,
+                "Host": {
+                    "ComputerName": self.computer_name,
+                    "OSCaption": self.os_caption,
+                    "OSVersion": self.os_version,
+                    "UICulture": self.ui_culture,
+                },
+                "VMs": [self._vm_record(vm, wanted, now) for vm in vms],
+                "Sections": doc_sections,
+                "ClockStartTicks": to_ticks(started + self.clock_offset),
+            }
+
+
+@dataclass
+class SimFleet:
+    hosts: list[SimHost]
+    source: str = "<built-in>"
+
+    def host(self, name: str) -> SimHost:
+        for host in self.hosts:
+            if host.computer_name.lower() == name.lower():
+                return host
+        raise KeyError(f"no simulated host {name!r}")
+
+
+# -- loading -----------------------------------------------------------------------------------------
+def _services(node: Node) -> dict[str, dict[str, Any]]:
+    """Either a mapping canonical-service -> overrides, or a list of full Get-VMIntegrationService records."""
+    result: dict[str, dict[str, Any]] = {}
+    if isinstance(node.value, list):
+        for item in node.items():
+            keys = item.mapping(SERVICE_KEYS, required=["Id"])
+            service = enums.service_for_id(keys["Id"].string())
+            if service is None:
+                keys["Id"].fail("not the Id of a known integration service (Microsoft:<VM GUID>\\<service GUID>)")
+            result[service] = _service_record(keys)
+        return result
+    for name, item in node.entries():
+        if name not in enums.SERVICES:
+            item.fail(f"unknown integration service (one of {', '.join(enums.SERVICES)})")
+        result[name] = _service_record(item.mapping(SERVICE_KEYS))
+    return result
+
+
+def _service_record(keys: dict[str, Node]) -> dict[str, Any]:
+    record: dict[str, Any] = {}
+    for key, value in keys.items():
+        if key == "Enabled":
+            record[key] = value.boolean()
+        elif key in ("PrimaryOperationalStatus", "SecondaryOperationalStatus"):
+            record[key] = None if value.value is None else _enum(value, enums.IC_STATUS_NAMES)
+        else:
+            record[key] = None if value.value is None else value.string()
+    return record
+
+
+def _kvp(node: Node) -> dict[str, list[Any]]:
+    keys = node.mapping(KVP_ARRAYS)
+    result: dict[str, list[Any]] = {}
+    for name, value in keys.items():
+        source = 0 if name == "HostExchangeItems" else (1 if name == "GuestExchangeItems" else 2)
+        if isinstance(value.value, dict):  # shorthand: {Name: Data}
+            result[name] = [kvp_item(k, v.string(), source) for k, v in value.entries()]
+        else:
+            result[name] = [item.string() for item in value.items()]  # raw CIM-XML strings
+    return result
+
+
+def _vm(node: Node, now: float) -> SimVM:
+    keys = node.mapping(VM_KEYS, required=["Name", "Id", "State"])
+    props: dict[str, Any] = {}
+    enum_keys = {
+        "State": enums.VM_STATE_NAMES,
+        "Heartbeat": enums.HEARTBEAT_NAMES,
+        "ReplicationState": enums.REPLICATION_STATE_NAMES,
+        "ReplicationHealth": enums.REPLICATION_HEALTH_NAMES,
+        "ReplicationMode": enums.REPLICATION_MODE_NAMES,
+    }
+    for key, value in keys.items():
+        if key in ("IntegrationServices", "Kvp", "Snapshots"):
+            continue
+        if key in enum_keys:
+            props[key] = None if value.value is None else _enum(value, enum_keys[key])
+        elif key in ("Generation", "ProcessorCount", "CPUUsage", "MemoryAssigned", "MemoryDemand", "MemoryStartup"):
+            props[key] = value.integer(minimum=0)
+        elif key in ("UptimeSeconds", "LastReplicationAgeSeconds"):
+            props[key] = value.number(minimum=0)
+        elif key in ("IsClustered", "DynamicMemoryEnabled"):
+            props[key] = value.boolean()
+        elif key == "LastReplicationTime":
+            props[key] = _timestamp(value)
+        elif key == "IntegrationServicesState":
+            props[key] = value.string(("Up to date", "Update required", ""))
+        else:
+            props[key] = value.string()
+    snapshots = []
+    for item in keys["Snapshots"].items() if "Snapshots" in keys else []:
+        s = item.mapping(["Name", "SnapshotType", "CreationTime", "AgeSeconds"])
+        snapshot: dict[str, Any] = {"SnapshotType": _enum(s["SnapshotType"], SNAPSHOT_TYPES) if "SnapshotType" in s else "Standard"}
+        if "CreationTime" in s:
+            snapshot["CreationTime"] = _timestamp(s["CreationTime"])
+        elif "AgeSeconds" in s:
+            snapshot["AgeSeconds"] = s["AgeSeconds"].number(minimum=0)  # relative to the time of each answer
+        else:
+            item.fail("a snapshot needs CreationTime or AgeSeconds")
+        snapshots.append(snapshot)
+    uptime = float(props.get("UptimeSeconds", 3600.0))
+    return SimVM(
+        props=props,
+        services=_services(keys["IntegrationServices"]) if "IntegrationServices" in keys else {},
+        kvp=_kvp(keys["Kvp"]) if "Kvp" in keys else {},
+        snapshots=snapshots,
+        started=now - uptime,
+    )
+
+
+def _password(keys: dict[str, Node], base: Path) -> str | None:
+    if "PasswordFile" in keys:
+        path = Path(keys["PasswordFile"].string())
+        try:
+            return (path if path.is_absolute() else base / path).read_text(encoding="utf-8").rstrip("\r\n")
+        except OSError as exc:
+            keys["PasswordFile"].fail(f"cannot read: {exc.strerror}")
+    if "PasswordEnv" in keys:
+        value = os.environ.get(keys["PasswordEnv"].string())
+        if not value:
+            keys["PasswordEnv"].fail("environment variable is not set")
+        return value
+    return None
+
+
+def _host(node: Node, base: Path, now: float) -> SimHost:
+    keys = node.mapping(
+        ["ComputerName", "OSCaption", "OSVersion", "UICulture", "ClockOffsetSeconds", "Simulator", "VMs"],
+        required=["ComputerName"],
+    )
+    sim = keys["Simulator"].mapping(
+        ["Port", "Username", "PasswordFile", "PasswordEnv", "LatencySeconds", "RunSeconds"]
+    ) if "Simulator" in keys else {}  # fmt: skip
+    vms = [_vm(item, now) for item in keys["VMs"].items()] if "VMs" in keys else []
+    ids = [vm.id.lower() for vm in vms]
+    if len(set(ids)) != len(ids):
+        keys["VMs"].fail("VM Ids must be unique on a host")
+    culture = keys["UICulture"].string() if "UICulture" in keys else "en-US"
+    if culture not in enums.SERVICE_DISPLAY_NAMES:
+        keys["UICulture"].fail(f"simulated cultures: {', '.join(enums.SERVICE_DISPLAY_NAMES)}")
+    host = SimHost(
+        computer_name=keys["ComputerName"].string(),
+        os_caption=keys["OSCaption"].string() if "OSCaption" in keys else "Microsoft Windows Server 2022 Datacenter",
+        os_version=keys["OSVersion"].string() if "OSVersion" in keys else "10.0.20348",
+        ui_culture=culture,
+        vms=vms,
+        clock_offset=keys["ClockOffsetSeconds"].number() if "ClockOffsetSeconds" in keys else 0.0,
+        port=sim["Port"].integer(0, 65535) if "Port" in sim else 0,
+        username=sim["Username"].string() if "Username" in sim else "monitor",
+        password=_password(sim, base),
+        latency=sim["LatencySeconds"].number(minimum=0) if "LatencySeconds" in sim else 0.0,
+        run_seconds=sim["RunSeconds"].number(minimum=0) if "RunSeconds" in sim else 0.05,
+    )
+    for vm in vms:
+        vm.host = host
+    return host
+
+
+def parse_fleet(text: str, filename: str, base: Path | None = None) -> SimFleet:
+    now = time.time()
+    root = document(text, filename)
+    top = root.mapping(["hosts"], required=["hosts"])
+    hosts = [_host(item, base or Path(filename).parent, now) for item in top["hosts"].items()]
+    names = [h.computer_name.lower() for h in hosts]
+    if len(set(names)) != len(names):
+        top["hosts"].fail("ComputerName must be unique")
+    return SimFleet(hosts=hosts, source=filename)
+
+
+def load_fleet(path: str) -> SimFleet:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise YamlError(f"{path}: cannot read fleet file: {exc.strerror}") from None
+    return parse_fleet(text, path, Path(path).resolve().parent)
+
+
+def demo_fleet() -> SimFleet:
+    from importlib import resources
+
+    text = resources.files("hyperv_exporter.sim").joinpath("demo_fleet.yml").read_text(encoding="utf-8")
+    return parse_fleet(text, "demo_fleet.yml", Path("."))
+
+
+def with_password(fleet: SimFleet, password: str, hosts: Mapping[str, str] | None = None) -> SimFleet:
+    """Give every simulated host (or the named ones) this password; used by --demo and tests."""
+    for host in fleet.hosts:
+        if hosts is None or host.computer_name in hosts:
+            host.password = password
+    return fleet

@@ -1,0 +1,198 @@
+"""Simulated Hyper-V hosts: the command runner behind each WS-Management endpoint.
+
+The runner plays ``cmd.exe`` + ``powershell.exe`` for exactly one program, the exporter's
+collection script: it checks that the shell's environment carries the shipped ``collect.ps1``
+(by digest) and that the command is the loader the exporter sends, then answers with the bytes
+that script prints on a real host for the simulated VMs. Anything else gets the error a real
+host would give (cmd.exe's "not recognized", or a PowerShell error record as CLIXML on stderr)
+and a non-zero exit code.
+
+``SimHost.output_fault`` makes a host misbehave for resilience tests: see :data:`OUTPUT_FAULTS`.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import logging
+import ssl
+import time
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+from hyperv_exporter import logutil, script
+from hyperv_exporter.sim.fleet import SimFleet, SimHost, to_ticks
+from hyperv_exporter.sim.ps51json import dumps
+from hyperv_exporter.sim.wsman import CommandResult, Shell, WSManEndpoint, clixml_error
+
+log = logging.getLogger(__name__)
+
+PROGRESS_CLIXML = (
+    b"#< CLIXML\r\n"
+    b'<Objs Version="1.1.0.1" xmlns="http://schemas.microsoft.com/powershell/2004/04"><Obj S="progress" RefId="0">'
+    b"<TN RefId=\"0\"><T>System.Management.Automation.PSCustomObject</T><T>System.Object</T></TN><MS>"
+    b'<I64 N="SourceId">1</I64><PR N="Record"><AV>Preparing modules for first use.</AV><AI>0</AI><Nil />'
+    b"<PI>-1</PI><PC>-1</PC><T>Completed</T><SR>-1</SR><SD> </SD></PR></MS></Obj></Objs>"
+)
+
+# What a faulty host can do instead of answering normally.
+OUTPUT_FAULTS = {
+    "not_json": "prints text that is not JSON",
+    "truncated": "output cut off in the middle",
+    "huge": "prints far more than any real host (a few MiB of JSON-looking text)",
+    "zip_bomb": "gzip+base64 output that inflates to far more than the cap",
+    "cp1252": "ignores the UTF-8 code page and prints JSON in Windows-1252",
+    "powershell_error": "PowerShell fails (exit code 1, error record as CLIXML on stderr)",
+    "progress_stderr": "succeeds, with progress records as CLIXML on stderr",
+    "vm_section_error": "Get-VM fails inside the script (the vm section reports the error)",
+    "old_schema": "a document of another schema version",
+}
+
+
+@lru_cache(maxsize=1)
+def _zip_bomb() -> bytes:
+    """About 32 KiB of base64 that inflates to 32 MiB (tests set max_output_bytes below that)."""
+    raw = b'{"SchemaVersion":1,"Pad":"' + b" " * (32 * 1024 * 1024) + b'"}'
+    return base64.b64encode(gzip.compress(raw, compresslevel=9, mtime=0))
+
+
+def _encoded_command(tokens: list[str]) -> str | None:
+    """The argument of -EncodedCommand (PowerShell accepts -e, -ec, -enc ... as prefixes)."""
+    for index, token in enumerate(tokens):
+        lowered = token.lower()
+        if lowered.startswith("-e") and "-encodedcommand".startswith(lowered) and len(lowered) >= 2:
+            return tokens[index + 1] if index + 1 < len(tokens) else None
+    return None
+
+
+class HostRunner:
+    """The CommandRunner for one simulated host."""
+
+    def __init__(self, host: SimHost) -> None:
+        self.host = host
+        self.runs = 0
+
+    def __call__(self, shell: Shell, command: str, arguments: list[str]) -> CommandResult:
+        tokens = " ".join([command, *arguments]).split()
+        program = tokens[0].lower() if tokens else ""
+        if program not in ("powershell", "powershell.exe"):
+            return CommandResult(
+                stderr=f"'{tokens[0] if tokens else ''}' is not recognized as an internal or external command,\r\n"
+                "operable program or batch file.\r\n".encode(),
+                exit_code=1,
+            )
+        encoded = _encoded_command(tokens)
+        try:
+            text = script.decode_command(encoded) if encoded else ""
+        except ValueError:
+            text = ""
+        loader = script.parse_loader(text)
+        if loader is None:
+            return CommandResult(
+                stderr=clixml_error(
+                    "hyperv-sim: this simulated Hyper-V host runs only the hyperv-exporter collection script."
+                ),
+                exit_code=1,
+            )
+        shipped = shell.env.get(script.SCRIPT_ENV)
+        if shipped is None:
+            return CommandResult(
+                stderr=clixml_error(
+                    'Exception calling "Create" with "1" argument(s): "Value cannot be null.\r\nParameter name: script"'
+                ),
+                exit_code=1,
+            )
+        if script.script_digest(shipped) != script.script_digest():
+            return CommandResult(
+                stderr=clixml_error("hyperv-sim: the script in the shell environment is not this version's collect.ps1."),
+                exit_code=1,
+            )
+        sections, use_gzip = loader
+        self.runs += 1
+        return self.answer(sections, use_gzip, shell.codepage)
+
+    def answer(self, sections: list[str], use_gzip: bool, codepage: int) -> CommandResult:
+        host = self.host
+        fault = host.output_fault
+        started = time.time()
+        if fault == "powershell_error":
+            return CommandResult(
+                stderr=clixml_error(
+                    "Get-VM : You do not have the required permission to complete this task. Contact the "
+                    "administrator of the authorization policy for the computer 'localhost'."
+                ),
+                exit_code=1,
+                run_seconds=host.run_seconds,
+            )
+        doc = host.document(sections, started)
+        if fault == "vm_section_error":
+            doc["VMs"] = []
+            doc["Sections"]["vm"]["Error"] = (
+                "The Hyper-V Virtual Machine Management service is not running on the computer 'localhost'."
+            )
+        if fault == "old_schema":
+            doc["SchemaVersion"] = 99
+        text = dumps(doc, compress=True)
+        # The script reads its end clock right before printing; here the output exists once this
+        # method returns and run_seconds have passed, so that is the moment the end clock stands for.
+        text = text[:-1] + ',"ClockEndTicks":' + str(to_ticks(time.time() + host.run_seconds + host.clock_offset)) + "}"
+        if fault == "huge":
+            text = '{"SchemaVersion":1,"VMs":[' + ",".join(['{"Name":"x"}'] * 400_000) + "]}"
+        encoding = "utf-8" if codepage == 65001 else f"cp{codepage}"
+        if fault == "cp1252":
+            encoding, use_gzip = "cp1252", False
+        if fault == "zip_bomb":
+            stdout = _zip_bomb()
+        elif use_gzip:
+            stdout = base64.b64encode(gzip.compress(text.encode("utf-8"), mtime=0))
+        else:
+            # With the console code page left at 437, non-ASCII names come out as '?' on a real host.
+            stdout = text.encode(encoding, errors="replace")
+        if fault == "not_json":
+            stdout = b"WARNING: something went wrong, and this is not JSON"
+        elif fault == "truncated":
+            stdout = stdout[: len(stdout) // 2]
+        stderr = PROGRESS_CLIXML if fault == "progress_stderr" else b""
+        return CommandResult(stdout=stdout, stderr=stderr, exit_code=0, run_seconds=host.run_seconds)
+
+
+@dataclass
+class Simulator:
+    """Every host of a fleet, each behind its own WS-Management endpoint on 127.0.0.1."""
+
+    fleet: SimFleet
+    bind: str = "127.0.0.1"
+    ssl_context: ssl.SSLContext | None = None
+    endpoints: dict[str, WSManEndpoint] = field(default_factory=dict)
+    runners: dict[str, HostRunner] = field(default_factory=dict)
+
+    def start(self) -> None:
+        for host in self.fleet.hosts:
+            runner = HostRunner(host)
+            users = {host.username: host.password} if host.password is not None else None
+            endpoint = WSManEndpoint(
+                runner,
+                host=self.bind,
+                port=host.port,
+                users=users,
+                ssl_context=self.ssl_context,
+                latency_seconds=host.latency,
+                name=host.computer_name,
+            )
+            endpoint.start()
+            self.endpoints[host.computer_name] = endpoint
+            self.runners[host.computer_name] = runner
+            log.debug("simulated host listening", extra=logutil.fields(host=host.computer_name, url=endpoint.url))
+
+    def stop(self) -> None:
+        for endpoint in self.endpoints.values():
+            endpoint.stop()
+
+    def url(self, computer_name: str) -> str:
+        return self.endpoints[computer_name].url
+
+    def urls(self) -> dict[str, str]:
+        return {name: endpoint.url for name, endpoint in self.endpoints.items()}
+
+    def endpoint(self, computer_name: str) -> WSManEndpoint:
+        return self.endpoints[computer_name]

@@ -1,0 +1,97 @@
+"""JSON exactly as Windows PowerShell 5.1's ``ConvertTo-Json`` writes it.
+
+The simulator answers with the bytes a real host would print, so the exporter's parser is tested
+against the real shape, quirks included:
+
+- 5.1 serialises through .NET's JavaScriptSerializer, which escapes ``<``, ``>``, ``&`` and ``'`` as
+  ``\\u003c``, ``\\u003e``, ``\\u0026``, ``\\u0027`` (PowerShell issue #7693; gone in PowerShell 6+).
+  KVP items, being XML, are full of them.
+- Control characters become ``\\b \\f \\n \\r \\t`` or ``\\u00XX``; other non-ASCII text stays literal.
+- Without ``-Compress``, 5.1 indents with CR LF line ends, two spaces after the colon, and nested
+  values aligned four columns right of their opening bracket (see the reference's TimeSpan
+  sample); an empty array is ``[`` newline newline ``]``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+_ESCAPES = {
+    '"': '\\"',
+    "\\": "\\\\",
+    "\b": "\\b",
+    "\f": "\\f",
+    "\n": "\\n",
+    "\r": "\\r",
+    "\t": "\\t",
+    "<": "\\u003c",
+    ">": "\\u003e",
+    "&": "\\u0026",
+    "'": "\\u0027",
+}
+
+
+def _string(text: str) -> str:
+    out = []
+    for ch in text:
+        escaped = _ESCAPES.get(ch)
+        if escaped is not None:
+            out.append(escaped)
+        elif ord(ch) < 0x20:
+            out.append(f"\\u{ord(ch):04x}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
+
+
+def _scalar(value: Any) -> str:
+    if value is None:
+        return "null"
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value) or math.isinf(value):
+            return '"NaN"' if math.isnan(value) else ('"Infinity"' if value > 0 else '"-Infinity"')
+        if value.is_integer() and abs(value) < 1e15:
+            return str(int(value))  # JavaScriptSerializer prints 0.0 as 0
+        return repr(value)
+    if isinstance(value, str):
+        return _string(value)
+    raise TypeError(f"cannot serialise {type(value).__name__}")
+
+
+def _compact(value: Any) -> str:
+    if isinstance(value, Mapping):
+        return "{" + ",".join(f"{_string(str(k))}:{_compact(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, Sequence) and not isinstance(value, str | bytes):
+        return "[" + ",".join(_compact(v) for v in value) + "]"
+    return _scalar(value)
+
+
+def _pretty(value: Any, column: int) -> str:
+    """``column`` is where the value's opening bracket sits; children go four columns further."""
+    inner = " " * (column + 4)
+    if isinstance(value, Mapping):
+        if not value:
+            return "{\r\n\r\n" + " " * column + "}"
+        lines = []
+        for key, child in value.items():
+            prefix = f"{_string(str(key))}:  "
+            lines.append(inner + prefix + _pretty(child, column + 4 + len(prefix)))
+        return "{\r\n" + ",\r\n".join(lines) + "\r\n" + " " * column + "}"
+    if isinstance(value, Sequence) and not isinstance(value, str | bytes):
+        if not value:
+            return "[\r\n\r\n" + " " * column + "]"
+        return "[\r\n" + ",\r\n".join(inner + _pretty(v, column + 4) for v in value) + "\r\n" + " " * column + "]"
+    return _scalar(value)
+
+
+def dumps(value: Any, compress: bool = True) -> str:
+    """``ConvertTo-Json -Compress`` (default) or the indented 5.1 layout."""
+    return _compact(value) if compress else _pretty(value, 0)

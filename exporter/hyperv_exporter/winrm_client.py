@@ -1,0 +1,296 @@
+"""The WinRM conversation with one Hyper-V host, on pywinrm's low-level ``Protocol``.
+
+Why not ``winrm.Session.run_ps``: it opens a new shell per call (five HTTP requests and a fresh
+``powershell.exe`` start), uses code page 437 (non-ASCII VM names arrive as ``?``), puts the whole
+script on a cmd.exe command line (8,191-character limit) and loops on output without a deadline.
+Here the shell is opened once with code page 65001 and the script in its environment, kept across
+probes (re-created after a fault, after ``shell_max_idle`` without use or ``shell_max_lifetime``),
+and every HTTP request is bounded by the probe's deadline. A steady-state probe is three requests:
+Command, Receive, Signal.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import requests
+from defusedxml.ElementTree import fromstring as safe_fromstring
+from winrm.exceptions import (
+    InvalidCredentialsError,
+    WinRMError,
+    WinRMOperationTimeoutError,
+    WinRMTransportError,
+    WSManFaultError,
+)
+from winrm.protocol import Protocol
+
+from hyperv_exporter import logutil
+from hyperv_exporter.config import WinRMSettings
+from hyperv_exporter.script import SCRIPT_ENV
+
+log = logging.getLogger(__name__)
+
+# Failure reasons, used as label values and on the landing page.
+REASONS = ("connection", "timeout", "auth", "tls", "winrm_fault", "powershell", "parse", "output_too_large", "refused")
+WSMAN_INVALID_SELECTORS = 2150858843  # the shell or command no longer exists (idle timeout, service restart)
+UTF8_CODEPAGE = 65001
+
+
+class ProbeError(Exception):
+    """A probe failed; ``reason`` is one of :data:`REASONS`, the message never contains a secret."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Exchange:
+    stdout: bytes
+    stderr: bytes
+    exit_code: int
+    sent: float  # wall clock just before the Command request
+    received: float  # wall clock just after the final Receive
+    requests: int  # HTTP requests this run made (including shell set-up)
+    new_shell: bool
+
+
+class _CountingProtocol(Protocol):  # type: ignore[misc]
+    """pywinrm's Protocol, counting HTTP requests into its session (the simulator counts them too)."""
+
+    session: WinRMSession
+
+    def send_message(self, message: str) -> bytes:
+        self.session.requests_total += 1
+        result: bytes = super().send_message(message)
+        return result
+
+
+def clixml_errors(stderr: bytes, limit: int = 500) -> str:
+    """The error text from PowerShell's CLIXML stderr (``#< CLIXML`` + ``<Objs>``), or the raw text.
+
+    Parsed with defusedxml: stderr comes from the host. Progress records (module loading) carry no
+    error text and yield an empty string.
+    """
+    text = stderr.decode("utf-8", errors="replace")
+    if text.startswith("#< CLIXML"):
+        body = text.split("\n", 1)[1] if "\n" in text else ""
+        body = re.sub(r'\sxmlns="[^"]*"', "", body, count=1)
+        try:
+            root = safe_fromstring(body)
+            parts = [s.text or "" for s in root.findall("S") if s.get("S") == "Error"]
+            text = "".join(parts).replace("_x000D__x000A_", "\n")
+        except Exception:  # any parse failure: fall back to the raw text, never raise from error handling
+            log.debug("stderr CLIXML could not be parsed", exc_info=True)
+    text = " ".join(text.split())
+    return text[:limit] + ("..." if len(text) > limit else "")
+
+
+def classify(exc: BaseException) -> ProbeError:
+    """Map a pywinrm/requests exception to a ProbeError with a reason and a short, secret-free message."""
+    if isinstance(exc, ProbeError):
+        return exc
+    if isinstance(exc, InvalidCredentialsError):
+        return ProbeError("auth", "the host rejected the credentials (HTTP 401)")
+    if isinstance(exc, requests.exceptions.SSLError):
+        return ProbeError("tls", f"TLS handshake failed: {_short(exc)}")
+    if isinstance(exc, requests.exceptions.Timeout):
+        return ProbeError("timeout", "the host did not answer before the probe deadline")
+    if isinstance(exc, requests.exceptions.ConnectionError):
+        return ProbeError("connection", f"cannot connect: {_short(exc)}")
+    if isinstance(exc, WSManFaultError):
+        return ProbeError("winrm_fault", f"WS-Management fault {exc.wsman_fault_code or exc.code}: {exc.reason}")
+    if isinstance(exc, WinRMTransportError):
+        return ProbeError("winrm_fault", f"HTTP {exc.code} from the WinRM listener")
+    if isinstance(exc, WinRMError | ET.ParseError | StopIteration | AssertionError | ValueError | KeyError):
+        return ProbeError("winrm_fault", f"unexpected WS-Management response ({type(exc).__name__})")
+    return ProbeError("winrm_fault", f"{type(exc).__name__}: {_short(exc)}")
+
+
+def _short(exc: BaseException) -> str:
+    # requests/urllib3 messages nest the whole chain; the innermost reason is what helps.
+    text = str(exc)
+    match = re.search(r"\[Errno -?\d+\] [^'\")]*|Connection refused|Name or service not known|"
+                      r"certificate verify failed: [^'\")(]*|CERTIFICATE_VERIFY_FAILED|timed out", text)
+    return (match.group(0) if match else text)[:200].strip()
+
+
+def _close_quietly(protocol: Protocol, shell_id: str) -> None:
+    try:
+        protocol.transport.read_timeout_sec = 5
+        protocol.operation_timeout_sec = 2
+        protocol.close_shell(shell_id, close_session=True)
+    except Exception:
+        log.debug("deleting an old WinRM shell failed", exc_info=True)
+        protocol.transport.close_session()
+
+
+class WinRMSession:
+    """One host's WinRM shell, reused across probes. Not thread-safe: the caller serialises use."""
+
+    def __init__(self, url: str, settings: WinRMSettings, script: str) -> None:
+        self.url = url
+        self.settings = settings
+        self.script = script
+        self._protocol: _CountingProtocol | None = None
+        self._shell_id: str | None = None
+        self._shell_opened = 0.0
+        self._shell_used = 0.0
+        self.shells_opened = 0
+        self.requests_total = 0
+        self.lock = threading.Lock()
+
+    # -- plumbing ------------------------------------------------------------------------------
+    def _make_protocol(self) -> _CountingProtocol:
+        s = self.settings
+        password = s.password.get() if s.password is not None else None
+        kwargs: dict[str, object] = {}
+        if s.transport == "certificate":
+            kwargs.update(cert_pem=s.client_cert_file, cert_key_pem=s.client_key_file)
+        if s.kerberos_hostname_override:
+            kwargs["kerberos_hostname_override"] = s.kerberos_hostname_override
+        protocol = _CountingProtocol(
+            endpoint=self.url,
+            transport=s.transport,
+            username=s.username,
+            password=password,
+            server_cert_validation=s.server_cert_validation,
+            ca_trust_path=s.ca_file,  # None: the default CA bundle, never REQUESTS_CA_BUNDLE by accident
+            message_encryption=s.message_encryption,
+            proxy=None,  # WinRM to a Hyper-V host never goes through an HTTP proxy from the environment
+            read_timeout_sec=30,
+            operation_timeout_sec=20,
+            **kwargs,
+        )
+        protocol.session = self
+        return protocol
+
+    def _arm(self, protocol: _CountingProtocol, deadline: float) -> None:
+        """Bound the next HTTP request by the time left; the server long-polls for at most that."""
+        remaining = deadline - time.monotonic()
+        if remaining <= 0.05:
+            raise ProbeError("timeout", "the probe deadline passed before the host finished")
+        protocol.transport.read_timeout_sec = remaining
+        # OperationTimeout is whole seconds (pywinrm formats PT{int}S) and must leave the server
+        # time to answer with the TimedOut fault before our read timeout fires.
+        protocol.operation_timeout_sec = max(1, min(20, int(remaining - 1.0)))
+
+    def _drop_shell(self, graceful: bool) -> None:
+        """Forget the shell. ``graceful``: also delete it on the host, off the probe's time budget.
+
+        Windows allows a user only a few shells (MaxShellsPerUser, 30 by default); shells abandoned
+        after every failed probe would exhaust that, so they are deleted in the background.
+        """
+        protocol, shell_id = self._protocol, self._shell_id
+        self._shell_id = None
+        self._protocol = None
+        if protocol is None:
+            return
+        if graceful and shell_id is not None:
+            threading.Thread(target=_close_quietly, args=(protocol, shell_id), daemon=True).start()
+        else:
+            protocol.transport.close_session()
+
+    def close(self) -> None:
+        with self.lock:
+            self._drop_shell(graceful=True)
+
+    def _shell(self, deadline: float) -> tuple[_CountingProtocol, str, bool]:
+        now = time.monotonic()
+        if self._shell_id is not None and (
+            now - self._shell_used > self.settings.shell_max_idle
+            or now - self._shell_opened > self.settings.shell_max_lifetime
+        ):
+            self._drop_shell(graceful=True)
+        if self._protocol is None:
+            self._protocol = self._make_protocol()
+        if self._shell_id is not None:
+            return self._protocol, self._shell_id, False
+        self._arm(self._protocol, deadline)
+        self._shell_id = self._protocol.open_shell(
+            codepage=UTF8_CODEPAGE, noprofile=True, env_vars={SCRIPT_ENV: self.script}
+        )
+        self._shell_opened = self._shell_used = time.monotonic()
+        self.shells_opened += 1
+        return self._protocol, self._shell_id, True
+
+    # -- one run -------------------------------------------------------------------------------
+    def run(self, command: str, arguments: Sequence[str], deadline: float) -> Exchange:
+        """Run one command on the kept shell; raises :class:`ProbeError`."""
+        requests_before = self.requests_total
+        attempts = 2  # a reused shell may have expired on the host: re-create it once
+        while True:
+            attempts -= 1
+            new_shell = False
+            try:
+                protocol, shell_id, new_shell = self._shell(deadline)
+                return self._run_on(protocol, shell_id, command, arguments, deadline, requests_before, new_shell)
+            except ProbeError:
+                self._drop_shell(graceful=True)
+                raise
+            except WSManFaultError as exc:
+                stale = exc.wsman_fault_code == WSMAN_INVALID_SELECTORS and not new_shell
+                self._drop_shell(graceful=not stale)
+                if stale and attempts > 0:
+                    log.debug("WinRM shell expired on the host; opening a new one", extra=logutil.fields(url=self.url))
+                    continue
+                raise classify(exc) from None
+            except Exception as exc:
+                error = classify(exc)
+                # After a timeout or a broken connection the host may still hold the shell.
+                self._drop_shell(graceful=error.reason in ("timeout", "winrm_fault", "powershell"))
+                raise error from None
+
+    def _run_on(
+        self,
+        protocol: _CountingProtocol,
+        shell_id: str,
+        command: str,
+        arguments: Sequence[str],
+        deadline: float,
+        requests_before: int,
+        new_shell: bool,
+    ) -> Exchange:
+        self._arm(protocol, deadline)
+        sent = time.time()
+        command_id = protocol.run_command(shell_id, command, list(arguments))
+        stdout: list[bytes] = []
+        stderr: list[bytes] = []
+        size = 0
+        while True:
+            self._arm(protocol, deadline)
+            try:
+                out, err, exit_code, done = protocol.get_command_output_raw(shell_id, command_id)
+            except WinRMOperationTimeoutError:
+                continue  # the host is still working; Receive again until our deadline
+            size += len(out) + len(err)
+            if size > self.settings.max_output_bytes:
+                self._signal(protocol, shell_id, command_id, deadline)
+                raise ProbeError("output_too_large", f"output exceeds {self.settings.max_output_bytes} bytes")
+            stdout.append(out)
+            stderr.append(err)
+            if done:
+                break
+        received = time.time()
+        self._signal(protocol, shell_id, command_id, deadline)
+        self._shell_used = time.monotonic()
+        return Exchange(
+            stdout=b"".join(stdout),
+            stderr=b"".join(stderr),
+            exit_code=exit_code,
+            sent=sent,
+            received=received,
+            requests=self.requests_total - requests_before,
+            new_shell=new_shell,
+        )
+
+    def _signal(self, protocol: _CountingProtocol, shell_id: str, command_id: str, deadline: float) -> None:
+        # Signal terminate releases the command's resources on the host; the shell stays open.
+        self._arm(protocol, deadline + 1.0)
+        protocol.cleanup_command(shell_id, command_id)
