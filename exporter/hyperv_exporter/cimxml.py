@@ -59,7 +59,7 @@ def clean_value(value: str, max_length: int) -> str:
     """Make guest-written text safe and bounded as a label value."""
     value = _UNPRINTABLE.sub(" ", value).strip()
     if len(value) > max_length:
-        value = value[:max_length]
+        value = value[:max_length].rstrip()
     return value
 
 

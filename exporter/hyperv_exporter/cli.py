@@ -23,7 +23,7 @@ from hyperv_exporter.config import Config, ConfigError, Module, Secret, TargetAl
 from hyperv_exporter.http_app import ExporterApp
 from hyperv_exporter.probe import Prober
 from hyperv_exporter.selfmetrics import ExporterMetrics
-from hyperv_exporter.web import WebConfigError, WebServer, add_web_flags
+from hyperv_exporter.web import WebConfigError, WebServer, add_web_flags, load_web_config
 
 log = logging.getLogger("hyperv_exporter")
 
@@ -109,7 +109,7 @@ def demo_config(urls: dict[str, str], username: str, password: str) -> Config:
             transport="basic",
             username=username,
             password=Secret(password),
-            password_source="generated for this demo run",
+            password_source="generated for this demo run",  # noqa: S106 - a description, not a password
             allow_unencrypted=True,  # loopback only, to a simulator in this very process
             message_encryption="never",
         ),
@@ -128,8 +128,9 @@ def start(args: argparse.Namespace) -> Running:
     reloader = None
     example_targets: dict[str, str] = {}
     if args.demo:
-        from hyperv_exporter.sim.fleet import demo_fleet, with_password
-        from hyperv_exporter.sim.host import Simulator
+        # The simulator is only needed for --demo; importing it lazily keeps it out of normal start-up.
+        from hyperv_exporter.sim.fleet import demo_fleet, with_password  # noqa: PLC0415
+        from hyperv_exporter.sim.host import Simulator  # noqa: PLC0415
 
         password = secrets.token_urlsafe(18)
         logutil.register_secret(password)
@@ -173,8 +174,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                 config = load_config(args.config_file)
                 print(f"{args.config_file}: OK, modules: {', '.join(config.modules)}")
             if args.web_config_file:
-                from hyperv_exporter.web import load_web_config
-
                 load_web_config(args.web_config_file)
                 print(f"{args.web_config_file}: OK")
         except (ConfigError, WebConfigError) as exc:

@@ -49,7 +49,9 @@ MAX_VALUE_LENGTH_LIMIT = 2048
 
 # A probe target is a host name or an IP address, optionally with a port; nothing that could
 # smuggle a scheme, credentials or a path into the WinRM URL.
-_HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?)*\.?$")
+_HOSTNAME = re.compile(
+    r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?)*\.?$"
+)
 
 
 class ConfigError(ValueError):
@@ -83,8 +85,8 @@ class Secret:
 def split_target(target: str) -> tuple[str, int | None]:
     """``host``, ``host:5986``, ``10.0.0.1``, ``[fe80::1]:5986`` -> (host, port). Raises ValueError."""
     target = target.strip()
-    if not target or len(target) > 300:
-        raise ValueError("target must be a host name or IP address")
+    if not target or len(target) > 300 or any(c in target for c in "/@ \t\\?#"):
+        raise ValueError(f"target {target[:80]!r} is not a host name or IP address (no scheme, user or path)")
     if target.startswith("["):
         end = target.find("]")
         if end < 0:
@@ -125,8 +127,8 @@ class TargetAllowlist:
         names: set[str] = set()
         patterns: list[str] = []
         networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
-        for entry in entries:
-            entry = entry.strip()
+        for raw in entries:
+            entry = raw.strip()
             if not entry:
                 raise ValueError("empty target entry")
             if any(c in entry for c in "*?["):
@@ -247,6 +249,8 @@ def _read_password(node: Node, keys: dict[str, Node], base: Path) -> tuple[Secre
 
 
 def _winrm(node: Node, base: Path) -> WinRMSettings:
+    if isinstance(node.value, dict) and "password" in node.value:
+        node.fail("passwords are never written into the config: use password_file or password_env")
     keys = node.mapping(
         [
             "scheme", "port", "path", "transport", "username", "password_file", "password_env", "ca_file",
@@ -255,8 +259,6 @@ def _winrm(node: Node, base: Path) -> WinRMSettings:
             "shell_max_lifetime",
         ]
     )  # fmt: skip
-    if "password" in (node.value or {}):
-        node.fail("passwords are never written into the config: use password_file or password_env")
     scheme = keys["scheme"].string(DEFAULT_PORTS) if "scheme" in keys else "https"
     transport = keys["transport"].string(TRANSPORTS) if "transport" in keys else "ntlm"
     password, source = _read_password(node, keys, base)
@@ -280,7 +282,9 @@ def _winrm(node: Node, base: Path) -> WinRMSettings:
         password_source=source,
         ca_file=path_of("ca_file"),
         server_cert_validation=(
-            keys["server_cert_validation"].string(("validate", "ignore")) if "server_cert_validation" in keys else "validate"
+            keys["server_cert_validation"].string(("validate", "ignore"))
+            if "server_cert_validation" in keys
+            else "validate"
         ),
         client_cert_file=path_of("client_cert_file"),
         client_key_file=path_of("client_key_file"),
@@ -303,9 +307,8 @@ def _winrm(node: Node, base: Path) -> WinRMSettings:
             node.fail("certificate transport needs scheme: https")
         if not (settings.client_cert_file and settings.client_key_file):
             node.fail("certificate transport needs client_cert_file and client_key_file")
-    else:
-        if transport != "kerberos" and (settings.username is None or settings.password is None):
-            node.fail(f"{transport} transport needs username and password_file or password_env")
+    elif transport != "kerberos" and (settings.username is None or settings.password is None):
+        node.fail(f"{transport} transport needs username and password_file or password_env")
     if transport == "basic" and scheme == "http" and not settings.allow_unencrypted:
         node.fail(
             "basic transport over plain http sends the password in clear text; use https, ntlm or kerberos, "

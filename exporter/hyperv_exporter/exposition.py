@@ -65,7 +65,9 @@ class ProbeCollector:
             value=1.0 if result.ok else 0.0,
         )  # fmt: skip
         yield GaugeMetricFamily(
-            "hyperv_probe_duration_seconds", "How long the WinRM conversation for this probe took.", value=result.duration
+            "hyperv_probe_duration_seconds",
+            "How long the WinRM conversation for this probe took.",
+            value=result.duration,
         )
         yield GaugeMetricFamily(
             "hyperv_probe_timeout_seconds", "The deadline this probe had (module timeout or scrape timeout).",
@@ -114,7 +116,7 @@ class ProbeCollector:
 def render(result: ProbeResult, timeout: float) -> bytes:
     last_success = result.started + result.duration if result.ok else None
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(ProbeCollector(result, timeout, last_success))  # type: ignore[arg-type]
+    registry.register(ProbeCollector(result, timeout, last_success))
     return generate_latest(registry)
 
 

@@ -105,7 +105,10 @@ class ExporterApp:
         except ValueError as exc:
             return self._bad_request("bad_request", f"invalid target: {exc}")
         if not module.targets.allows(target):
-            log.warning("refused probe of a target outside the allowlist", extra=logutil.fields(module=module_name, target=target))
+            log.warning(
+                "refused probe of a target outside the allowlist",
+                extra=logutil.fields(module=module_name, target=target),
+            )
             return self._bad_request(
                 "forbidden",
                 f"target {target!r} is not in the targets allowlist of module {module_name!r}; "
@@ -163,7 +166,9 @@ class ExporterApp:
 
     def show_config(self, request: Request) -> Response:
         view = {"source": self.config.source, "modules": [self._module_view(m) for m in self.config.modules.values()]}
-        return Response(body=logutil.redact(yaml.safe_dump(view, sort_keys=False, allow_unicode=True)), content_type=TEXT)
+        return Response(
+            body=logutil.redact(yaml.safe_dump(view, sort_keys=False, allow_unicode=True)), content_type=TEXT
+        )
 
     def reload(self) -> None:
         """Load the config file again; on error keep the old config and raise ConfigError."""

@@ -43,13 +43,14 @@ def render_landing(
         w = module.winrm.redacted()
         example = example_targets.get(name) or (module.targets.describe() or ["hv01.example"])[0]
         link = f"/probe?module={quote(name)}&amp;target={quote(example)}"
+        tls_note = ", validate TLS" if w["server_cert_validation"] == "validate" and w["scheme"] == "https" else ""
         rows.append(
             "<tr>"
             f"<td><code>{_e(name)}</code></td>"
             f"<td>{_e(', '.join(module.targets.describe()))}</td>"
             f"<td>{_e(w['scheme'])}://…:{_e(w['port'])}{_e(w['path'])} ({_e(w['transport'])}"
             f"{', user ' + _e(w['username']) if w['username'] else ''}, password {_e(w['password'] or 'none')}"
-            f"{', validate TLS' if w['server_cert_validation'] == 'validate' and w['scheme'] == 'https' else ''})</td>"
+            f"{tls_note})</td>"
             f"<td>{_e(module.timeout)}s</td>"
             f"<td>{_e(', '.join(module.collectors) if module.collectors is not None else 'all enabled')}</td>"
             f'<td><a href="{link}">probe {_e(example)}</a> · '
@@ -76,7 +77,7 @@ def render_landing(
 <html lang="en"><head><meta charset="utf-8"><title>Hyper-V Exporter</title><style>{_STYLE}</style></head>
 <body>
 <h1>Hyper-V Exporter</h1>
-<p>Version {_e(__version__)} · configuration {_e(config_source)} · collectors {_e(', '.join(collectors))}</p>
+<p>Version {_e(__version__)} · configuration {_e(config_source)} · collectors {_e(", ".join(collectors))}</p>
 <ul>
 <li><a href="/metrics">Exporter metrics</a> (<code>/metrics</code>)</li>
 <li>Probe a host: <code>/probe?module=NAME&amp;target=HOST</code>, add <code>&amp;debug=true</code> for the log</li>
@@ -84,12 +85,13 @@ def render_landing(
 {links}
 </ul>
 <h2>Modules</h2>
-<table id="modules"><tr><th>Module</th><th>Allowed targets</th><th>WinRM</th><th>Timeout</th><th>Collectors</th><th></th></tr>
-{''.join(rows)}
+<table id="modules">
+<tr><th>Module</th><th>Allowed targets</th><th>WinRM</th><th>Timeout</th><th>Collectors</th><th></th></tr>
+{"".join(rows)}
 </table>
 <h2>Recent probes</h2>
 <table id="probes"><tr><th>Time</th><th>Module</th><th>Target</th><th>Result</th><th>Duration</th><th>Detail</th></tr>
-{''.join(probes) or '<tr><td colspan="6">No probes yet.</td></tr>'}
+{"".join(probes) or '<tr><td colspan="6">No probes yet.</td></tr>'}
 </table>
 </body></html>
 """

@@ -138,8 +138,7 @@ class Prober:
     # -- internals -------------------------------------------------------------------------------
     def _shared(self, result: ProbeResult, module: Module) -> ProbeResult:
         self.metrics.shared_results.labels(module.name).inc()
-        copy = ProbeResult(**{**vars(result), "shared": True})
-        return copy
+        return ProbeResult(**{**vars(result), "shared": True})
 
     def _ensure_refresher(self, key: tuple[str, str], entry: _Entry, module: Module, target: str) -> None:
         """Start the background refresh loop for this host (caller holds ``self._lock``)."""

@@ -322,7 +322,9 @@ def parse_report(
     try:
         doc = json.loads(text)
     except (json.JSONDecodeError, RecursionError) as exc:
-        raise ReportError("parse", f"output is not JSON: {exc.msg if isinstance(exc, json.JSONDecodeError) else exc}") from None
+        raise ReportError(
+            "parse", f"output is not JSON: {exc.msg if isinstance(exc, json.JSONDecodeError) else exc}"
+        ) from None
     if not isinstance(doc, dict):
         raise ReportError("parse", f"output is a JSON {type(doc).__name__}, not the collection document")
     version = doc.get("SchemaVersion")

@@ -26,7 +26,9 @@ CMD_LINE_LIMIT = 8191  # cmd.exe, which WinRS runs the command through (WINRS_SK
 
 _LOADER = "& ([ScriptBlock]::Create($env:" + SCRIPT_ENV + ")) -Collectors '{collectors}'{gzip}"
 _LOADER_RE = re.compile(
-    r"^& \(\[ScriptBlock\]::Create\(\$env:" + SCRIPT_ENV + r"\)\) -Collectors '(?P<collectors>[a-z_,]*)'(?P<gzip> -Gzip)?$"
+    r"^& \(\[ScriptBlock\]::Create\(\$env:"
+    + SCRIPT_ENV
+    + r"\)\) -Collectors '(?P<collectors>[a-z_,]*)'(?P<gzip> -Gzip)?$"
 )
 _SECTION_NAME = re.compile(r"^[a-z_]+$")
 

@@ -33,8 +33,7 @@ class ExporterMetrics:
         )  # fmt: skip
         self.probe_errors = Counter(
             "hyperv_exporter_probe_errors_total",
-            "Failed WinRM conversations by module, target and reason "
-            f"({', '.join(REASONS)}).",
+            f"Failed WinRM conversations by module, target and reason ({', '.join(REASONS)}).",
             ["module", "target", "reason"],
             registry=r,
         )

@@ -18,6 +18,7 @@ import time
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal, cast
 
 import requests
 from defusedxml.ElementTree import fromstring as safe_fromstring
@@ -40,6 +41,7 @@ log = logging.getLogger(__name__)
 REASONS = ("connection", "timeout", "auth", "tls", "winrm_fault", "powershell", "parse", "output_too_large", "refused")
 WSMAN_INVALID_SELECTORS = 2150858843  # the shell or command no longer exists (idle timeout, service restart)
 UTF8_CODEPAGE = 65001
+TransportName = Literal["basic", "certificate", "ntlm", "kerberos"]
 
 
 class ProbeError(Exception):
@@ -61,7 +63,7 @@ class Exchange:
     new_shell: bool
 
 
-class _CountingProtocol(Protocol):  # type: ignore[misc]
+class _CountingProtocol(Protocol):
     """pywinrm's Protocol, counting HTTP requests into its session (the simulator counts them too)."""
 
     session: WinRMSession
@@ -116,8 +118,11 @@ def classify(exc: BaseException) -> ProbeError:
 def _short(exc: BaseException) -> str:
     # requests/urllib3 messages nest the whole chain; the innermost reason is what helps.
     text = str(exc)
-    match = re.search(r"\[Errno -?\d+\] [^'\")]*|Connection refused|Name or service not known|"
-                      r"certificate verify failed: [^'\")(]*|CERTIFICATE_VERIFY_FAILED|timed out", text)
+    match = re.search(
+        r"\[Errno -?\d+\] [^'\")]*|Connection refused|Name or service not known|"
+        r"certificate verify failed: [^'\")(]*|CERTIFICATE_VERIFY_FAILED|timed out",
+        text,
+    )
     return (match.group(0) if match else text)[:200].strip()
 
 
@@ -150,23 +155,22 @@ class WinRMSession:
     def _make_protocol(self) -> _CountingProtocol:
         s = self.settings
         password = s.password.get() if s.password is not None else None
-        kwargs: dict[str, object] = {}
-        if s.transport == "certificate":
-            kwargs.update(cert_pem=s.client_cert_file, cert_key_pem=s.client_key_file)
-        if s.kerberos_hostname_override:
-            kwargs["kerberos_hostname_override"] = s.kerberos_hostname_override
+        certificate = s.transport == "certificate"
         protocol = _CountingProtocol(
             endpoint=self.url,
-            transport=s.transport,
+            transport=cast(TransportName, s.transport),
             username=s.username,
             password=password,
-            server_cert_validation=s.server_cert_validation,
-            ca_trust_path=s.ca_file,  # None: the default CA bundle, never REQUESTS_CA_BUNDLE by accident
-            message_encryption=s.message_encryption,
+            server_cert_validation=cast(Literal["validate", "ignore"], s.server_cert_validation),
+            # None: the default CA bundle, never REQUESTS_CA_BUNDLE from the environment by accident.
+            ca_trust_path=cast(str, s.ca_file),
+            cert_pem=s.client_cert_file if certificate else None,
+            cert_key_pem=s.client_key_file if certificate else None,
+            message_encryption=cast(Literal["auto", "always", "never"], s.message_encryption),
+            kerberos_hostname_override=s.kerberos_hostname_override,
             proxy=None,  # WinRM to a Hyper-V host never goes through an HTTP proxy from the environment
             read_timeout_sec=30,
             operation_timeout_sec=20,
-            **kwargs,
         )
         protocol.session = self
         return protocol
@@ -176,7 +180,7 @@ class WinRMSession:
         remaining = deadline - time.monotonic()
         if remaining <= 0.05:
             raise ProbeError("timeout", "the probe deadline passed before the host finished")
-        protocol.transport.read_timeout_sec = remaining
+        protocol.transport.read_timeout_sec = remaining  # type: ignore[assignment]  # requests takes float seconds
         # OperationTimeout is whole seconds (pywinrm formats PT{int}S) and must leave the server
         # time to answer with the TimedOut fault before our read timeout fires.
         protocol.operation_timeout_sec = max(1, min(20, int(remaining - 1.0)))

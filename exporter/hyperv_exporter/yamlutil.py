@@ -14,6 +14,7 @@ from typing import Any, NoReturn, TypeVar
 import yaml
 
 T = TypeVar("T")
+N = TypeVar("N", int, float)
 
 
 class YamlError(ValueError):
@@ -194,7 +195,7 @@ class Node:
         except ValueError as exc:
             self.fail(str(exc))
 
-    def _bounded(self, value: Any, minimum: Any, maximum: Any) -> Any:
+    def _bounded(self, value: N, minimum: float | None, maximum: float | None) -> N:
         if minimum is not None and value < minimum:
             self.fail(f"must be at least {minimum}, got {value}")
         if maximum is not None and value > maximum:

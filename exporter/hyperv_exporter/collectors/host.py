@@ -1,8 +1,9 @@
 """Host facts and the host clock.
 
-    hyperv_host_info{host_name="HV01",os_caption="Microsoft Windows Server 2022 Datacenter",os_version="10.0.20348",ui_culture="de-DE"} 1
-    hyperv_host_time_offset_seconds 0.0021
-    hyperv_host_time_offset_uncertainty_seconds 0.0009
+hyperv_host_info{host_name="HV01",os_caption="Microsoft Windows Server 2022 Datacenter",
+                 os_version="10.0.20348",ui_culture="de-DE"} 1
+hyperv_host_time_offset_seconds 0.0021
+hyperv_host_time_offset_uncertainty_seconds 0.0009
 """
 
 from __future__ import annotations
@@ -14,9 +15,7 @@ from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
 from hyperv_exporter.collectors.base import Collector, CollectorContext
 
 
-def host_clock_offset(
-    sent: float, script_start: float, script_end: float, received: float
-) -> tuple[float, float]:
+def host_clock_offset(sent: float, script_start: float, script_end: float, received: float) -> tuple[float, float]:
     """(offset, uncertainty) of the host clock relative to ours, NTP style.
 
     The script read the host clock at its start (T2) and just before printing (T3); we took our

@@ -2,7 +2,8 @@
 
     hyperv_vm_integration_service_enabled{vm="web01",vm_id="...",service="heartbeat"} 1
     hyperv_vm_integration_service_ok{vm="web01",vm_id="...",service="heartbeat"} 1
-    hyperv_vm_integration_service_status_info{vm="web01",vm_id="...",service="heartbeat",primary_status="ok",secondary_status="application_critical"} 1
+    hyperv_vm_integration_service_status_info{vm="web01",vm_id="...",service="heartbeat",primary_status="ok",
+                                              secondary_status="application_critical"} 1
 
 ``service`` is one of shutdown, time_synchronization, key_value_pair_exchange, heartbeat, vss,
 guest_service_interface whatever the host's language. A Windows Server 2012 host has no

@@ -1,6 +1,7 @@
 """Allowlisted KVP (Data Exchange) items per VM.
 
-    hyperv_vm_kvp_info{vm="web01",vm_id="...",source="guest_intrinsic",key="OSName",value="Windows Server 2019 Datacenter"} 1
+    hyperv_vm_kvp_info{vm="web01",vm_id="...",source="guest_intrinsic",key="OSName",
+                       value="Windows Server 2019 Datacenter"} 1
 
 Keys come from the module's ``kvp.keys`` allowlist only; values are guest-written, so they were
 cleaned and length-capped by :mod:`hyperv_exporter.cimxml`. A VM that is not running has no KVP

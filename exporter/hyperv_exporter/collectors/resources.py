@@ -1,11 +1,11 @@
 """VM resources from Get-VM, in base units.
 
-    hyperv_vm_processors{vm="web01",vm_id="..."} 4
-    hyperv_vm_cpu_usage_ratio{vm="web01",vm_id="..."} 0.03
-    hyperv_vm_memory_assigned_bytes{vm="web01",vm_id="..."} 4294967296
-    hyperv_vm_memory_demand_bytes{vm="web01",vm_id="..."} 2147483648
-    hyperv_vm_memory_startup_bytes{vm="web01",vm_id="..."} 4294967296
-    hyperv_vm_dynamic_memory_enabled{vm="web01",vm_id="..."} 0
+hyperv_vm_processors{vm="web01",vm_id="..."} 4
+hyperv_vm_cpu_usage_ratio{vm="web01",vm_id="..."} 0.03
+hyperv_vm_memory_assigned_bytes{vm="web01",vm_id="..."} 4294967296
+hyperv_vm_memory_demand_bytes{vm="web01",vm_id="..."} 2147483648
+hyperv_vm_memory_startup_bytes{vm="web01",vm_id="..."} 4294967296
+hyperv_vm_dynamic_memory_enabled{vm="web01",vm_id="..."} 0
 """
 
 from __future__ import annotations

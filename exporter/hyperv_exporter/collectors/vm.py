@@ -1,10 +1,11 @@
 """Per-VM facts from Get-VM: state, heartbeat, uptime, integration services version.
 
-    hyperv_vm_info{vm="web01",vm_id="8e3ece81-...",generation="2",config_version="9.0",integration_services_version="10.0.17763.1"} 1
-    hyperv_vm_state{vm="web01",vm_id="8e3ece81-...",state="running"} 1      (one series per VMState, 30 in all)
-    hyperv_vm_heartbeat{vm="web01",vm_id="8e3ece81-...",status="ok_applications_healthy"} 1   (9 per VM)
-    hyperv_vm_integration_services_state{vm="web01",vm_id="8e3ece81-...",state="up_to_date"} 1 (3 per VM)
-    hyperv_vm_uptime_seconds{vm="web01",vm_id="8e3ece81-..."} 311352.37
+hyperv_vm_info{vm="web01",vm_id="8e3ece81-...",generation="2",config_version="9.0",
+               integration_services_version="10.0.17763.1"} 1
+hyperv_vm_state{vm="web01",vm_id="8e3ece81-...",state="running"} 1      (one series per VMState, 30 in all)
+hyperv_vm_heartbeat{vm="web01",vm_id="8e3ece81-...",status="ok_applications_healthy"} 1   (9 per VM)
+hyperv_vm_integration_services_state{vm="web01",vm_id="8e3ece81-...",state="up_to_date"} 1 (3 per VM)
+hyperv_vm_uptime_seconds{vm="web01",vm_id="8e3ece81-..."} 311352.37
 """
 
 from __future__ import annotations

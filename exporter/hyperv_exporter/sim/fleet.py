@@ -20,7 +20,9 @@ import os
 import threading
 import time
 from collections.abc import Iterable, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape
@@ -83,16 +85,17 @@ def _enum(node: Node, names: Iterable[str]) -> str:
 
 
 def _timestamp(node: Node) -> float:
+    """A YAML timestamp or ISO-8601 string; naive times are UTC."""
     value = node.value
-    if isinstance(value, dt.datetime):
-        return (value if value.tzinfo else value.replace(tzinfo=dt.UTC)).timestamp()
+    parsed: dt.datetime | None = value if isinstance(value, dt.datetime) else None
     if isinstance(value, str):
         try:
             parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
         except ValueError:
-            node.fail("expected an ISO-8601 time like 2025-06-01T08:00:00Z")
-        return (parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)).timestamp()
-    node.fail("expected an ISO-8601 time like 2025-06-01T08:00:00Z")
+            parsed = None
+    if parsed is None:
+        node.fail("expected an ISO-8601 time like 2025-06-01T08:00:00Z")
+    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)).timestamp()
 
 
 @dataclass
@@ -185,7 +188,9 @@ class SimHost:
             enabled = bool(override.get("Enabled", service in enums.DEFAULT_ON_SERVICES))
             # A VM that is not running reports no operational status for its services.
             primary = override.get("PrimaryOperationalStatus", "Ok" if running else None)
-            secondary = override.get("SecondaryOperationalStatus", "Ok" if running and service == enums.HEARTBEAT else None)
+            secondary = override.get(
+                "SecondaryOperationalStatus", "Ok" if running and service == enums.HEARTBEAT else None
+            )
             records.append(
                 {
                     "Id": override.get("Id", f"Microsoft:{vm.id.upper()}\\{SERVICE_GUID[service]}"),
@@ -203,7 +208,7 @@ class SimHost:
             )
         return records
 
-    def _vm_record(self, vm: SimVM, sections: set[str], now: float) -> dict[str, Any]:
+    def _vm_record(self, vm: SimVM, sections: AbstractSet[str], now: float) -> dict[str, Any]:
         p = vm.props
         running = vm.running()
         state = p.get("State", "Off")
@@ -249,7 +254,9 @@ class SimHost:
             record["Checkpoints"] = [
                 {
                     "SnapshotType": s.get("SnapshotType", "Standard"),
-                    "CreationTimeTicks": to_ticks(s["CreationTime"] if "CreationTime" in s else now - s.get("AgeSeconds", 0)),
+                    "CreationTimeTicks": to_ticks(
+                        s["CreationTime"] if "CreationTime" in s else now - s.get("AgeSeconds", 0)
+                    ),
                 }
                 for s in vm.snapshots
             ]
@@ -262,7 +269,10 @@ class SimHost:
         with self.lock:
             now = started
             vms = self.vms
-            doc_sections: dict[str, Any] = {"host": {"Seconds": 0.012, "Error": None}, "vm": {"Seconds": 0.3, "Error": None}}
+            doc_sections: dict[str, Any] = {
+                "host": {"Seconds": 0.012, "Error": None},
+                "vm": {"Seconds": 0.3, "Error": None},
+            }
             for name in ("integration_services", "kvp", "replication", "checkpoints"):
                 if name in wanted:
                     doc_sections[name] = {"Seconds": round(0.0004 * len(vms) + 0.02, 4), "Error": None}
@@ -365,7 +375,9 @@ def _vm(node: Node, now: float) -> SimVM:
     snapshots = []
     for item in keys["Snapshots"].items() if "Snapshots" in keys else []:
         s = item.mapping(["Name", "SnapshotType", "CreationTime", "AgeSeconds"])
-        snapshot: dict[str, Any] = {"SnapshotType": _enum(s["SnapshotType"], SNAPSHOT_TYPES) if "SnapshotType" in s else "Standard"}
+        snapshot: dict[str, Any] = {
+            "SnapshotType": _enum(s["SnapshotType"], SNAPSHOT_TYPES) if "SnapshotType" in s else "Standard"
+        }
         if "CreationTime" in s:
             snapshot["CreationTime"] = _timestamp(s["CreationTime"])
         elif "AgeSeconds" in s:
@@ -451,10 +463,8 @@ def load_fleet(path: str) -> SimFleet:
 
 
 def demo_fleet() -> SimFleet:
-    from importlib import resources
-
     text = resources.files("hyperv_exporter.sim").joinpath("demo_fleet.yml").read_text(encoding="utf-8")
-    return parse_fleet(text, "demo_fleet.yml", Path("."))
+    return parse_fleet(text, "demo_fleet.yml", Path())
 
 
 def with_password(fleet: SimFleet, password: str, hosts: Mapping[str, str] | None = None) -> SimFleet:

@@ -17,6 +17,7 @@ import gzip
 import logging
 import ssl
 import time
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -30,7 +31,7 @@ log = logging.getLogger(__name__)
 PROGRESS_CLIXML = (
     b"#< CLIXML\r\n"
     b'<Objs Version="1.1.0.1" xmlns="http://schemas.microsoft.com/powershell/2004/04"><Obj S="progress" RefId="0">'
-    b"<TN RefId=\"0\"><T>System.Management.Automation.PSCustomObject</T><T>System.Object</T></TN><MS>"
+    b'<TN RefId="0"><T>System.Management.Automation.PSCustomObject</T><T>System.Object</T></TN><MS>'
     b'<I64 N="SourceId">1</I64><PR N="Record"><AV>Preparing modules for first use.</AV><AI>0</AI><Nil />'
     b"<PI>-1</PI><PC>-1</PC><T>Completed</T><SR>-1</SR><SD> </SD></PR></MS></Obj></Objs>"
 )
@@ -104,7 +105,9 @@ class HostRunner:
             )
         if script.script_digest(shipped) != script.script_digest():
             return CommandResult(
-                stderr=clixml_error("hyperv-sim: the script in the shell environment is not this version's collect.ps1."),
+                stderr=clixml_error(
+                    "hyperv-sim: the script in the shell environment is not this version's collect.ps1."
+                ),
                 exit_code=1,
             )
         sections, use_gzip = loader
@@ -156,6 +159,25 @@ class HostRunner:
         return CommandResult(stdout=stdout, stderr=stderr, exit_code=0, run_seconds=host.run_seconds)
 
 
+class _HostUsers(Mapping[str, str]):
+    """The host's credentials, read at each request, so ``SimHost.set(password=...)`` rotates them live."""
+
+    def __init__(self, host: SimHost) -> None:
+        self.host = host
+
+    def _users(self) -> dict[str, str]:
+        return {self.host.username: self.host.password} if self.host.password is not None else {}
+
+    def __getitem__(self, key: str) -> str:
+        return self._users()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._users())
+
+    def __len__(self) -> int:
+        return len(self._users())
+
+
 @dataclass
 class Simulator:
     """Every host of a fleet, each behind its own WS-Management endpoint on 127.0.0.1."""
@@ -169,7 +191,7 @@ class Simulator:
     def start(self) -> None:
         for host in self.fleet.hosts:
             runner = HostRunner(host)
-            users = {host.username: host.password} if host.password is not None else None
+            users = _HostUsers(host) if host.password is not None else None
             endpoint = WSManEndpoint(
                 runner,
                 host=self.bind,

@@ -1,0 +1,131 @@
+"""Shared fixtures: tool lookup, the simulated fleet, a running exporter in front of it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from hyperv_exporter.cli import Running, build_parser, start
+
+REPO = Path(__file__).resolve().parent.parent
+IN_CI = os.environ.get("HYPERV_EXPORTER_CI") == "1"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--update-golden", action="store_true", help="rewrite tests/golden/* from the current output")
+
+
+def require_tool(name: str) -> str:
+    """Path of an external tool (promtool, chronyd, ...). In CI a missing tool fails the test, never skips it."""
+    path = shutil.which(name) or (f"/usr/sbin/{name}" if Path(f"/usr/sbin/{name}").exists() else None)
+    if path is None:
+        if IN_CI:
+            pytest.fail(f"{name} is not installed; .ci/run must install it")
+        pytest.skip(f"{name} is not installed (CI installs it)")
+    return path
+
+
+@pytest.fixture
+def demo() -> Iterator[Running]:
+    """The exporter in --demo mode on a free loopback port, with its simulated fleet."""
+    running = start(build_parser().parse_args(["--demo", "--web.listen-address", "127.0.0.1:0"]))
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+class Stack:
+    """A simulated fleet plus an exporter configured from a real config file in front of it."""
+
+    def __init__(self, tmp_path: Path, module: str = "", extra_modules: str = "", flags: tuple[str, ...] = ()) -> None:
+        from hyperv_exporter.sim.fleet import demo_fleet, with_password
+        from hyperv_exporter.sim.host import Simulator
+
+        self.password = "S1m-Pa55word-for-tests"
+        self.fleet = with_password(demo_fleet(), self.password)
+        self.sim = Simulator(self.fleet)
+        self.sim.start()
+        (tmp_path / "password").write_text(self.password + "\n")
+        endpoints = "\n".join(f"      {name}: {url}" for name, url in self.sim.urls().items())
+        targets = ", ".join(self.sim.urls())
+        self.config_path = tmp_path / "hyperv.yml"
+        self.config_path.write_text(
+            f"""modules:
+  default:
+    targets: [{targets}]
+    cache_ttl: 0s
+    timeout: 10s
+    endpoints:
+{endpoints}
+    winrm:
+      scheme: http
+      transport: basic
+      allow_unencrypted: true
+      message_encryption: never
+      username: monitor
+      password_file: password
+      max_output_bytes: 8MiB
+{module}
+{extra_modules}
+""",
+            encoding="utf-8",
+        )
+        args = ["--config.file", str(self.config_path), "--web.listen-address", "127.0.0.1:0", *flags]
+        try:
+            self.running = start(build_parser().parse_args(args))
+        except BaseException:
+            self.sim.stop()
+            raise
+        self.url = self.running.server.urls[0]
+
+    def get(self, path: str, headers: dict[str, str] | None = None) -> tuple[int, str]:
+        import urllib.error
+        import urllib.request
+
+        req = urllib.request.Request(self.url + path, headers=headers or {})
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                return resp.status, resp.read().decode("utf-8")
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode("utf-8")
+
+    def probe(
+        self, target: str, module: str = "default", extra: str = ""
+    ) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        """Probe and return {(sample name, sorted labels): value}."""
+        from urllib.parse import quote
+
+        from prometheus_client.parser import text_string_to_metric_families
+
+        status, text = self.get(f"/probe?module={quote(module)}&target={quote(target)}{extra}")
+        assert status == 200, text
+        return {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+        }
+
+    def stop(self) -> None:
+        self.running.stop()
+        self.sim.stop()
+
+
+def sample(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str) -> float | None:
+    """The value of the one sample with this name whose labels include ``labels``."""
+    found = [v for (n, ls), v in samples.items() if n == name and labels.items() <= dict(ls).items()]
+    assert len(found) <= 1, f"{name}{labels} matches {len(found)} samples"
+    return found[0] if found else None
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[Stack]:
+    s = Stack(tmp_path)
+    try:
+        yield s
+    finally:
+        s.stop()
