@@ -1,0 +1,100 @@
+"""``hyperv-sim``: serve a fleet file's simulated Hyper-V hosts over WS-Management.
+
+Each host gets its own WinRM listener on ``--listen`` (port from the fleet file's
+``Simulator.Port``, or a free one); the tool prints one line per host with its URL, so that an
+exporter's ``endpoints:`` map can point at it. Passwords come from the fleet file's
+``PasswordFile``/``PasswordEnv``, or for every host from ``--password-file``/``HYPERV_SIM_PASSWORD``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import ssl
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+from hyperv_exporter import __version__, logutil
+from hyperv_exporter.sim.fleet import demo_fleet, load_fleet, with_password
+from hyperv_exporter.sim.host import Simulator
+from hyperv_exporter.yamlutil import YamlError
+
+log = logging.getLogger("hyperv_exporter.sim")
+PASSWORD_ENV = "HYPERV_SIM_PASSWORD"  # noqa: S105 - the name of the variable, not a password
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hyperv-sim", description="Simulated Hyper-V hosts speaking WS-Management.")
+    parser.add_argument("--version", action="version", version=f"hyperv-sim {__version__}")
+    parser.add_argument(
+        "--fleet.file", dest="fleet_file", metavar="FILE",
+        help="Fleet file (YAML, see docs/simulator.md). Default: the built-in demo fleet.",
+    )  # fmt: skip
+    parser.add_argument(
+        "--listen", default="127.0.0.1", metavar="ADDRESS", help="Address the listeners bind to (default: 127.0.0.1)."
+    )
+    parser.add_argument(
+        "--password-file", dest="password_file", metavar="FILE",
+        help=f"Password for every host without its own (or set {PASSWORD_ENV}).",
+    )  # fmt: skip
+    parser.add_argument(
+        "--tls.cert-file", dest="tls_cert_file", metavar="FILE", help="Serve HTTPS with this certificate."
+    )
+    parser.add_argument("--tls.key-file", dest="tls_key_file", metavar="FILE", help="Private key for --tls.cert-file.")
+    parser.add_argument("--log.level", dest="log_level", default="info", choices=list(logutil.LEVELS))
+    parser.add_argument("--log.format", dest="log_format", default="logfmt", choices=list(logutil.FORMATS))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logutil.setup_logging(args.log_level, args.log_format)
+    try:
+        fleet = load_fleet(args.fleet_file) if args.fleet_file else demo_fleet()
+    except YamlError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    password = os.environ.get(PASSWORD_ENV)
+    if args.password_file:
+        try:
+            password = Path(args.password_file).read_text(encoding="utf-8").rstrip("\r\n")
+        except OSError as exc:
+            print(f"error: cannot read {args.password_file}: {exc.strerror}", file=sys.stderr)
+            return 1
+    if password:
+        logutil.register_secret(password)
+        with_password(fleet, password, {h.computer_name for h in fleet.hosts if h.password is None})
+    missing = [h.computer_name for h in fleet.hosts if h.password is None]
+    if missing:
+        print(f"error: no password for {', '.join(missing)}: use --password-file or {PASSWORD_ENV}", file=sys.stderr)
+        return 1
+    context = None
+    if args.tls_cert_file or args.tls_key_file:
+        if not (args.tls_cert_file and args.tls_key_file):
+            print("error: --tls.cert-file and --tls.key-file go together", file=sys.stderr)
+            return 1
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        try:
+            context.load_cert_chain(args.tls_cert_file, args.tls_key_file)
+        except (OSError, ssl.SSLError) as exc:
+            print(f"error: cannot load the TLS certificate: {exc}", file=sys.stderr)
+            return 1
+    simulator = Simulator(fleet, bind=args.listen, ssl_context=context)
+    try:
+        simulator.start()
+    except OSError as exc:
+        simulator.stop()
+        print(f"error: cannot listen: {exc}", file=sys.stderr)
+        return 1
+    for name, url in simulator.urls().items():
+        print(f"{name} {url}", flush=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda s, f: stop.set())
+    signal.signal(signal.SIGINT, lambda s, f: stop.set())
+    stop.wait()
+    simulator.stop()
+    return 0

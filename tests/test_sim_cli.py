@@ -1,0 +1,43 @@
+"""hyperv-sim as a process: prints one URL per host, refuses to start without passwords."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import winrm
+
+
+def test_hyperv_sim_serves_the_demo_fleet(tmp_path: Path) -> None:
+    env = {**os.environ, "HYPERV_SIM_PASSWORD": "sim-test-password"}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from hyperv_exporter.sim.cli import main; raise SystemExit(main())"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        lines = [proc.stdout.readline().split() for _ in range(4)]
+        urls = dict(lines)
+        assert set(urls) == {"HV-BERLIN-01", "HV-LONDON-01", "HV-DUBLIN-01", "HV-LEGACY-01"}
+        session = winrm.Session(
+            urls["HV-LONDON-01"], auth=("monitor", "sim-test-password"), transport="basic", server_cert_validation="ignore"
+        )
+        assert session.run_cmd("hostname").status_code == 1  # only the collection script runs there
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    assert "sim-test-password" not in (proc.stderr.read() if proc.stderr else "")
+
+
+def test_hyperv_sim_without_password_or_with_bad_fleet_exits_1(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "HYPERV_SIM_PASSWORD"}
+    run = [sys.executable, "-c", "from hyperv_exporter.sim.cli import main; raise SystemExit(main())"]
+    proc = subprocess.run(run, capture_output=True, text=True, env=env, timeout=60, check=False)
+    assert proc.returncode == 1 and "no password for HV-BERLIN-01" in proc.stderr
+    bad = tmp_path / "fleet.yml"
+    bad.write_text("hosts:\n  - ComputerName: X\n    VMs:\n      - {Name: a, Id: b, State: Runnin}\n")
+    proc = subprocess.run([*run, "--fleet.file", str(bad)], capture_output=True, text=True, env=env, timeout=60, check=False)
+    assert proc.returncode == 1
+    assert "fleet.yml:4: hosts[0].VMs[0].State: expected one of Other, Running" in proc.stderr
