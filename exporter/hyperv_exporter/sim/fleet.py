@@ -19,7 +19,7 @@ import datetime as dt
 import os
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from importlib import resources
@@ -467,7 +467,7 @@ def demo_fleet() -> SimFleet:
     return parse_fleet(text, "demo_fleet.yml", Path())
 
 
-def with_password(fleet: SimFleet, password: str, hosts: Mapping[str, str] | None = None) -> SimFleet:
+def with_password(fleet: SimFleet, password: str, hosts: Collection[str] | None = None) -> SimFleet:
     """Give every simulated host (or the named ones) this password; used by --demo and tests."""
     for host in fleet.hosts:
         if hosts is None or host.computer_name in hosts:
