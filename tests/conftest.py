@@ -42,7 +42,16 @@ def demo() -> Iterator[Running]:
 class Stack:
     """A simulated fleet plus an exporter configured from a real config file in front of it."""
 
-    def __init__(self, tmp_path: Path, module: str = "", extra_modules: str = "", flags: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        tmp_path: Path,
+        module: str = "",
+        extra_modules: str = "",
+        flags: tuple[str, ...] = (),
+        endpoint_placeholder: bool = False,
+    ) -> None:
+        """``module`` adds keys to the default module; ``extra_modules`` adds modules (with
+        ``endpoint_placeholder``, ``{url}`` in it is the HV-LONDON-01 endpoint)."""
         from hyperv_exporter.sim.fleet import demo_fleet, with_password
         from hyperv_exporter.sim.host import Simulator
 
@@ -53,6 +62,8 @@ class Stack:
         (tmp_path / "password").write_text(self.password + "\n")
         endpoints = "\n".join(f"      {name}: {url}" for name, url in self.sim.urls().items())
         targets = ", ".join(self.sim.urls())
+        if endpoint_placeholder:
+            extra_modules = extra_modules.format(url=self.sim.url("HV-LONDON-01"))
         self.config_path = tmp_path / "hyperv.yml"
         self.config_path.write_text(
             f"""modules:
