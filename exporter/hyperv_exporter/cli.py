@@ -217,13 +217,13 @@ def _reload_quietly(app: ExporterApp) -> None:
 
 def _print_demo_banner(running: Running) -> None:
     base = running.server.urls[0]
-    lines = [
-        "",
-        "hyperv-exporter demo: a simulated Hyper-V fleet is running in this process.",
-        f"  Landing page:      {base}/",
-    ]
+    rows = [("Landing page:", f"{base}/")]
     for name in running.app.config.modules["default"].endpoints:
         host = name.upper()
-        lines.append(f"  Metrics for {host + ':':<14} {base}/probe?module=default&target={host}")
-    lines += [f"  Exporter metrics:  {base}/metrics", "Press Ctrl+C to stop.", ""]
+        rows.append((f"Metrics of {host}:", f"{base}/probe?module=default&target={host}"))
+    rows.append(("Exporter metrics:", f"{base}/metrics"))
+    width = max(len(label) for label, _ in rows)
+    lines = ["", "hyperv-exporter demo: a simulated Hyper-V fleet is running in this process."]
+    lines += [f"  {label:<{width}}  {url}" for label, url in rows]
+    lines += ["Press Ctrl+C to stop.", ""]
     print("\n".join(lines), flush=True)
