@@ -1,0 +1,3 @@
+from hyperv_exporter.guest.cli import main
+
+raise SystemExit(main())
