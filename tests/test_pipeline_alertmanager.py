@@ -1,0 +1,191 @@
+"""End to end: simulated VM loses its heartbeat -> exporter -> Prometheus -> Alertmanager -> webhook.
+
+Real processes: the exporter in --demo mode (in-process, with its simulated Hyper-V hosts), a
+Prometheus configured from examples/prometheus/prometheus.yml and the shipped rule files, an
+Alertmanager configured from examples/alertmanager/alertmanager.yml, and a webhook receiver in
+this test. Only speed-related settings differ from what ships: 1 s scrape and evaluation
+intervals, every ``for:`` shortened to 2 s in a temporary copy of the rules, 1 s group_wait and
+group_interval, and each receiver's integration (PagerDuty, e-mail) replaced by a webhook to this
+test with the receiver's name as the path, so the routing by severity is what is tested.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from hyperv_exporter.cli import Running, build_parser, start
+from hyperv_exporter.sim.fleet import SimFleet
+from promstack import (
+    ALERTMANAGER_EXAMPLE,
+    Alertmanager,
+    Prometheus,
+    WebhookReceiver,
+    load_yaml,
+    prometheus_config_for_test,
+    wait_for,
+    write_rules_with_for,
+)
+
+pytestmark = pytest.mark.slow
+
+WEB01_ID = "8e3ece81-7ef3-4581-a6b4-92f152abe267"
+HEARTBEAT_LOST = {
+    "labels": {
+        "alertname": "HyperVVMHeartbeatLost",
+        "severity": "critical",
+        "job": "hyperv",
+        "instance": "HV-LONDON-01",
+        "vm": "web01",
+        "vm_id": WEB01_ID,
+        "status": "lost_communication",
+    },
+    "annotations": {
+        "summary": "A running Hyper-V VM has lost its heartbeat.",
+        "description": "VM web01 on Hyper-V host HV-LONDON-01 is running but its heartbeat is lost_communication: "
+        "the guest OS is hung or crashed, or its heartbeat service stopped.",
+        "runbook_url": "https://github.com/hyperv-exporter/hyperv-exporter/blob/main/docs/runbooks/HyperVVMHeartbeatLost.md",
+    },
+}
+
+
+def alertmanager_config_for_test(webhook: str) -> dict[str, Any]:
+    """The example's routing and inhibition, receivers turned into webhooks, timers shortened."""
+    config: dict[str, Any] = copy.deepcopy(load_yaml(ALERTMANAGER_EXAMPLE))
+    config["global"] = {"resolve_timeout": config["global"]["resolve_timeout"]}
+    for receiver in config["receivers"]:
+        integrations = [key for key in receiver if key.endswith("_configs")]
+        for key in integrations:
+            del receiver[key]
+        if integrations:
+            receiver["webhook_configs"] = [{"url": f"{webhook}/{receiver['name']}", "send_resolved": True}]
+
+    def shorten(route: dict[str, Any]) -> None:
+        for key in ("group_wait", "group_interval", "repeat_interval"):
+            route.pop(key, None)
+        for child in route.get("routes", []):
+            shorten(child)
+
+    shorten(config["route"])
+    config["route"].update({"group_wait": "1s", "group_interval": "1s", "repeat_interval": "1h"})
+    return config
+
+
+@dataclass
+class Pipeline:
+    exporter: Running
+    fleet: SimFleet
+    prometheus: Prometheus
+    alertmanager: Alertmanager
+    webhook: WebhookReceiver
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
+    work = tmp_path_factory.mktemp("pipeline-alertmanager")
+    with contextlib.ExitStack() as stack:
+        exporter = start(build_parser().parse_args(["--demo", "--web.listen-address", "127.0.0.1:0"]))
+        stack.callback(exporter.stop)
+        fleet: SimFleet = exporter.simulator.fleet  # type: ignore[attr-defined]
+        webhook = stack.enter_context(WebhookReceiver())
+        alertmanager = stack.enter_context(
+            Alertmanager(work / "alertmanager", alertmanager_config_for_test(webhook.url))
+        )
+        config = prometheus_config_for_test(
+            exporter=exporter.server.urls[0].removeprefix("http://"),
+            hosts=[h.computer_name for h in fleet.hosts],
+            guests=[],
+            rule_paths=write_rules_with_for(work / "rules", "2s"),
+            alertmanager=f"127.0.0.1:{alertmanager.port}",
+        )
+        prometheus = stack.enter_context(
+            Prometheus(work / "prometheus", config, extra_flags=("--rules.alert.resend-delay=1s",))
+        )
+        yield Pipeline(exporter, fleet, prometheus, alertmanager, webhook)
+
+
+def delivered(webhook: WebhookReceiver, status: str, **labels: str) -> list[tuple[str, dict[str, Any]]]:
+    """Notified alerts with this status whose labels include ``labels``, as (receiver path, alert)."""
+    return [
+        (path, alert)
+        for path, alert in webhook.alerts()
+        if alert["status"] == status and labels.items() <= alert["labels"].items()
+    ]
+
+
+def test_lost_heartbeat_is_paged_and_resolved(pipeline: Pipeline) -> None:
+    webhook = pipeline.webhook
+    web01 = pipeline.fleet.host("HV-LONDON-01").vm("web01")
+
+    def logs() -> str:
+        return f"{pipeline.prometheus.log_tail()}\n{pipeline.alertmanager.log_tail()}"
+
+    # Baseline: the pipeline delivers (web02 has lost its heartbeat in the demo fleet), web01 is healthy.
+    wait_for(
+        lambda: delivered(webhook, "firing", alertname="HyperVVMHeartbeatLost", vm="web02"),
+        60,
+        "the demo fleet's lost heartbeat (web02) to be delivered",
+        on_timeout=logs,
+    )
+    assert not delivered(webhook, "firing", vm="web01")
+
+    try:
+        # web01 loses its heartbeat.
+        web01.set(Heartbeat="LostCommunication")
+        web01.set_service("heartbeat", PrimaryOperationalStatus="LostCommunication")
+        firing = wait_for(
+            lambda: delivered(webhook, "firing", alertname="HyperVVMHeartbeatLost", vm="web01"),
+            60,
+            "HyperVVMHeartbeatLost for web01 to be delivered",
+            on_timeout=logs,
+        )
+        path, alert = firing[0]
+        assert path == "/pager", "critical alerts go to the pager receiver"
+        assert alert["labels"] == HEARTBEAT_LOST["labels"]
+        assert alert["annotations"] == HEARTBEAT_LOST["annotations"]
+        assert not delivered(webhook, "resolved", vm="web01")
+
+        # web01 recovers: the resolved notification follows.
+        web01.set(Heartbeat="OkApplicationsHealthy")
+        web01.set_service("heartbeat", PrimaryOperationalStatus="Ok")
+        resolved = wait_for(
+            lambda: delivered(webhook, "resolved", alertname="HyperVVMHeartbeatLost", vm="web01"),
+            60,
+            "the resolved notification for web01",
+            on_timeout=logs,
+        )
+        path, alert = resolved[0]
+        assert path == "/pager"
+        assert alert["labels"] == HEARTBEAT_LOST["labels"]
+        assert alert["annotations"] == HEARTBEAT_LOST["annotations"]
+    finally:
+        web01.set(Heartbeat="OkApplicationsHealthy")
+        web01.set_service("heartbeat", PrimaryOperationalStatus="Ok")
+    # web02 is still down and still firing in the same group.
+    assert any(a["status"] == "firing" and a["labels"].get("vm") == "web02" for _, a in webhook.alerts("/pager"))
+
+
+def test_routing_by_severity(pipeline: Pipeline) -> None:
+    """critical -> pager, warning -> ticket, info -> blackhole (known to Alertmanager, never delivered)."""
+    webhook = pipeline.webhook
+
+    def logs() -> str:
+        return f"{pipeline.prometheus.log_tail()}\n{pipeline.alertmanager.log_tail()}"
+
+    def receivers_by_severity() -> dict[str, set[str]] | None:
+        found: dict[str, set[str]] = {}
+        for alert in pipeline.alertmanager.alerts():
+            found.setdefault(alert["labels"]["severity"], set()).update(r["name"] for r in alert["receivers"])
+        return found if {"critical", "warning", "info"} <= found.keys() else None
+
+    routed = wait_for(receivers_by_severity, 60, "alerts of every severity in Alertmanager", on_timeout=logs)
+    assert routed == {"critical": {"pager"}, "warning": {"ticket"}, "info": {"blackhole"}}
+    wait_for(lambda: webhook.alerts("/ticket"), 60, "a warning notification", on_timeout=logs)
+    wait_for(lambda: webhook.alerts("/pager"), 60, "a critical notification", on_timeout=logs)
+    delivered_pairs = {(path, alert["labels"]["severity"]) for path, alert in webhook.alerts()}
+    assert delivered_pairs == {("/pager", "critical"), ("/ticket", "warning")}
