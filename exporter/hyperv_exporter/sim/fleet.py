@@ -49,6 +49,19 @@ STATUS_DESCRIPTIONS = {
     "CommunicationFailed": "Communication Failed",
     "Disabled": "Disabled",
 }
+# Get-VM Heartbeat -> the heartbeat integration service's (primary, secondary) operational status:
+# the secondary half is the guest's application health (Msvm_HeartbeatComponent OperationalStatus[1]).
+HEARTBEAT_SERVICE_STATUS: dict[str, tuple[str | None, str | None]] = {
+    "OkApplicationsHealthy": ("Ok", "Ok"),
+    "OkApplicationsUnknown": ("Ok", None),
+    "OkApplicationsCritical": ("Ok", "ApplicationCritical"),
+    "NoContact": ("NoContact", None),
+    "LostCommunication": ("LostCommunication", None),
+    "Error": ("Error", None),
+    "Disabled": ("Ok", None),
+    "Paused": ("Ok", None),
+    "Unknown": (None, None),
+}
 VM_KEYS = (
     "Name", "Id", "State", "Status", "Heartbeat", "UptimeSeconds", "IntegrationServicesVersion",
     "IntegrationServicesState", "Generation", "Version", "IsClustered", "ProcessorCount", "CPUUsage",
@@ -186,11 +199,15 @@ class SimHost:
                 continue
             override = vm.services.get(service, {})
             enabled = bool(override.get("Enabled", service in enums.DEFAULT_ON_SERVICES))
-            # A VM that is not running reports no operational status for its services.
-            primary = override.get("PrimaryOperationalStatus", "Ok" if running else None)
-            secondary = override.get(
-                "SecondaryOperationalStatus", "Ok" if running and service == enums.HEARTBEAT else None
-            )
+            # A VM that is not running reports no operational status for its services; the heartbeat
+            # service's status follows Get-VM's Heartbeat unless the fleet overrides it.
+            default_primary, default_secondary = ("Ok" if running else None), None
+            if running and service == enums.HEARTBEAT:
+                default_primary, default_secondary = HEARTBEAT_SERVICE_STATUS.get(
+                    vm.props.get("Heartbeat") or "OkApplicationsHealthy", ("Ok", "Ok")
+                )
+            primary = override.get("PrimaryOperationalStatus", default_primary)
+            secondary = override.get("SecondaryOperationalStatus", default_secondary)
             records.append(
                 {
                     "Id": override.get("Id", f"Microsoft:{vm.id.upper()}\\{SERVICE_GUID[service]}"),
