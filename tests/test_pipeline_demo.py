@@ -35,7 +35,6 @@ import pytest
 from hyperv_exporter.cli import Running, build_parser, start
 from hyperv_exporter.guest import cli as guest_cli
 from hyperv_exporter.guest import kvp_pool, timex
-from hyperv_exporter.guest.collector import HostClockProbe, TimexProbe
 from hyperv_exporter.guest.handler import make_handler
 from hyperv_exporter.web import WebServer
 from promstack import (
@@ -235,16 +234,11 @@ def start_guest(root: Path, spec: GuestSpec, ntp_servers: list[str]) -> Guest:
     argv += ["--ntp.samples", "1", "--ntp.min-interval", "2s", "--ntp.request-timeout", "0.3s",
              "--ntp.timeout", "0.5s", "--probe.timeout", "0.8s", "--log.level", "error"]  # fmt: skip
     args = guest_cli.build_parser().parse_args(argv)
-    agent = guest_cli.build_agent(args, platform="linux")
-    seams = 0
-    for probe in agent.collector.probes:
-        if isinstance(probe, HostClockProbe):
-            probe.reader = FakePhcReader(spec.ptp_offset)
-            seams += 1
-        elif isinstance(probe, TimexProbe):
-            probe.adjtimex = fake_adjtimex(spec.synchronised)
-            seams += 1
-    assert seams == 2, f"the guest agent's PTP and timex probes were not found in {agent.collectors}"
+    # The two seams to what cannot exist here: a Hyper-V PTP device and a disciplined kernel clock.
+    agent = guest_cli.build_agent(
+        args, platform="linux", phc_reader=FakePhcReader(spec.ptp_offset), adjtimex=fake_adjtimex(spec.synchronised)
+    )
+    assert {"ptp", "timex"} <= set(agent.collectors), agent.collectors
     server = WebServer(args.web_listen_address, make_handler(agent.registry, agent.collectors), name="guest-agent")
     try:
         server.start()

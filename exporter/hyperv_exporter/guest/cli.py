@@ -22,7 +22,7 @@ from types import FrameType
 from prometheus_client import CollectorRegistry, generate_latest
 
 from hyperv_exporter import __version__
-from hyperv_exporter.guest import ntpconf, ptp, windows
+from hyperv_exporter.guest import ntpconf, ptp, timex, windows
 from hyperv_exporter.guest.collector import (
     ComponentsProbe,
     GuestCollector,
@@ -276,8 +276,18 @@ class Agent:
             self.monitor.close()
 
 
-def build_agent(args: argparse.Namespace, platform: str = sys.platform, api: windows.WindowsApi | None = None) -> Agent:
-    """The probes for this platform and these flags, on a private registry."""
+def build_agent(
+    args: argparse.Namespace,
+    platform: str = sys.platform,
+    api: windows.WindowsApi | None = None,
+    phc_reader: ptp.PhcReader | None = None,
+    adjtimex: timex.AdjtimexFn | None = None,
+) -> Agent:
+    """The probes for this platform and these flags, on a private registry.
+
+    ``api``, ``phc_reader`` and ``adjtimex`` are the seams to what cannot exist on a test machine
+    (Windows, a Hyper-V PTP device, a disciplined kernel clock); None means the real thing.
+    """
     is_windows = platform == "win32"
     root = Root(args.root)
     specs: list[KeySpec] = args.kvp_key or list(DEFAULT_KEYS)
@@ -290,10 +300,15 @@ def build_agent(args: argparse.Namespace, platform: str = sys.platform, api: win
     for name in enabled:
         if name == "ptp":
             probes.append(
-                HostClockProbe(root, ptp.IoctlPhcReader(), min(args.ptp_samples, ptp.PTP_MAX_SAMPLES), args.ptp_device)
+                HostClockProbe(
+                    root,
+                    phc_reader or ptp.IoctlPhcReader(),
+                    min(args.ptp_samples, ptp.PTP_MAX_SAMPLES),
+                    args.ptp_device,
+                )
             )
         elif name == "timex":
-            probes.append(TimexProbe())
+            probes.append(TimexProbe(adjtimex))
         elif name == "components":
             probes.append(WindowsComponentsProbe(api) if api is not None else ComponentsProbe(root))
         elif name == "kvp":
