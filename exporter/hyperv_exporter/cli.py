@@ -9,6 +9,7 @@ a module's ``collectors:`` list picks among those (absent: all allowed ones).
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
 import secrets
 import signal
@@ -17,9 +18,10 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from hyperv_exporter import __version__, logutil
+from hyperv_exporter import __version__, allocator, logutil
 from hyperv_exporter.collectors import COLLECTORS
 from hyperv_exporter.config import Config, ConfigError, Module, Secret, TargetAllowlist, WinRMSettings, load_config
+from hyperv_exporter.discovery import DiscoverySettings
 from hyperv_exporter.http_app import ExporterApp
 from hyperv_exporter.probe import Prober
 from hyperv_exporter.selfmetrics import ExporterMetrics
@@ -29,6 +31,17 @@ log = logging.getLogger("hyperv_exporter")
 
 DEFAULT_PORT = 10020
 DEFAULT_CONFIG = "/etc/hyperv_exporter/hyperv.yml"
+
+
+def _seconds(text: str) -> float:
+    """A finite, non-negative number of seconds (a negative offset would outlast Prometheus' timeout)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 <= value < 3600:  # also refuses nan and inf
+        raise argparse.ArgumentTypeError(f"must be between 0 and 3600 seconds: {text!r}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     add_web_flags(parser, DEFAULT_PORT)
     parser.add_argument(
-        "--timeout-offset", dest="timeout_offset", type=float, default=0.5, metavar="SECONDS",
+        "--timeout-offset", dest="timeout_offset", type=_seconds, default=0.5, metavar="SECONDS",
         help="Seconds subtracted from Prometheus' scrape timeout to get a probe's deadline (default: 0.5).",
     )  # fmt: skip
     group = parser.add_argument_group(
@@ -116,6 +129,8 @@ def demo_config(urls: dict[str, str], username: str, password: str) -> Config:
         timeout=10.0,
         endpoints={name.lower(): url for name, url in urls.items()},
         cache_ttl=5.0,
+        # The demo VMs report 10.x addresses in KVP, so /sd shows what discovery would find.
+        discovery=DiscoverySettings(networks=(ipaddress.ip_network("10.0.0.0/8"),)),
     )
     return Config(modules={"default": module}, source="<built-in demo configuration>")
 
@@ -153,6 +168,7 @@ def start(args: argparse.Namespace) -> Running:
         timeout_offset=args.timeout_offset,
         reloader=reloader,
         example_targets=example_targets,
+        extra_links=[("/sd", "Service discovery of guest agents")] if _has_discovery(config) else [],
     )
     server = WebServer(args.web_listen_address, app, web_config_file=args.web_config_file, name="hyperv-exporter")
     try:
@@ -165,9 +181,14 @@ def start(args: argparse.Namespace) -> Running:
     return Running(app=app, server=server, prober=prober, simulator=simulator)
 
 
+def _has_discovery(config: Config) -> bool:
+    return any(module.discovery is not None for module in config.modules.values())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logutil.setup_logging(args.log_level, args.log_format)
+    allocator.tune()  # before any probe thread exists: bounded memory with many threads (allocator.py)
     if args.config_check:
         try:
             if not args.demo:

@@ -19,6 +19,8 @@ Shape (every key is documented in docs/configuration.md)::
           ca_file: /etc/hyperv_exporter/winrm-ca.pem
         kvp:
           keys: [OSName, OSVersion, FullyQualifiedDomainName, NetworkAddressIPv4]
+        discovery:                 # optional: /sd lists the guest agents of running VMs (discovery.py)
+          networks: [10.0.0.0/8]   # CIDR allowlist of guest addresses (required)
 
 Passwords only come from a file or an environment variable and are read when the config is
 loaded (so a missing file fails at start-up, not at the first scrape); they are held in
@@ -28,7 +30,6 @@ the key; the process exits non-zero before serving.
 
 from __future__ import annotations
 
-import fnmatch
 import ipaddress
 import os
 import re
@@ -39,7 +40,9 @@ from typing import Any
 
 from hyperv_exporter import logutil
 from hyperv_exporter.collectors import COLLECTORS
+from hyperv_exporter.discovery import DiscoverySettings, parse_discovery
 from hyperv_exporter.model import KVP_SOURCES
+from hyperv_exporter.winrm_transport import DEFAULT_MAX_RESPONSE_BYTES, HAVE_KERBEROS
 from hyperv_exporter.yamlutil import Node, YamlError, document
 
 DEFAULT_KVP_KEYS = ("OSName", "OSVersion", "FullyQualifiedDomainName", "NetworkAddressIPv4")
@@ -48,10 +51,18 @@ DEFAULT_PORTS = {"https": 5986, "http": 5985}
 MAX_VALUE_LENGTH_LIMIT = 2048
 
 # A probe target is a host name or an IP address, optionally with a port; nothing that could
-# smuggle a scheme, credentials or a path into the WinRM URL.
+# smuggle a scheme, credentials or a path into the WinRM URL. Matched with fullmatch: ``$`` would
+# also match before a trailing newline.
 _HOSTNAME = re.compile(
-    r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?)*\.?$"
+    r"(?=.{1,253}\Z)[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?)*\.?",
+    re.ASCII,
 )
+# A name whose last label is a number is an IPv4 address in one of the forms inet_aton() accepts
+# (2130706433, 127.1, 0x7f.1, 0177.0.0.1 is octal): the allowlist would compare it as a name
+# while the resolver connects to an address. Only canonical dotted quads are accepted.
+_NUMERIC_LABEL = re.compile(r"[0-9]+|0[xX][0-9A-Fa-f]*", re.ASCII)
+_PORT = re.compile(r"[0-9]{1,5}", re.ASCII)
+_PATTERN = re.compile(r"[A-Za-z0-9.\-*?\[\]!]+", re.ASCII)
 
 
 class ConfigError(ValueError):
@@ -83,9 +94,20 @@ class Secret:
 
 
 def split_target(target: str) -> tuple[str, int | None]:
-    """``host``, ``host:5986``, ``10.0.0.1``, ``[fe80::1]:5986`` -> (host, port). Raises ValueError."""
+    """``host``, ``host:5986``, ``10.0.0.1``, ``[fe80::1]:5986`` -> (host, port). Raises ValueError.
+
+    A trailing dot is dropped (``hv01.corp.example.`` is the same host). IPv6 zone IDs
+    (``fe80::1%eth0``) are refused: they pick a network interface, so an allowlisted link-local
+    address could reach a different machine on another link.
+    """
     target = target.strip()
-    if not target or len(target) > 300 or any(c in target for c in "/@ \t\\?#"):
+    if (
+        not target
+        or len(target) > 300
+        or not target.isascii()
+        or not target.isprintable()
+        or any(c in target for c in "/@ \t\\?#%")
+    ):
         raise ValueError(f"target {target[:80]!r} is not a host name or IP address (no scheme, user or path)")
     if target.startswith("["):
         end = target.find("]")
@@ -101,37 +123,98 @@ def split_target(target: str) -> tuple[str, int | None]:
         return target, None
     else:
         host, _, port_text = target.partition(":")
-        if not _HOSTNAME.match(host):
+        if not _HOSTNAME.fullmatch(host):
+            raise ValueError(f"target {target!r} is not a host name or IP address")
+        host = host.removesuffix(".")
+        if _NUMERIC_LABEL.fullmatch(host.rpartition(".")[2]):
             try:
                 ipaddress.IPv4Address(host)
             except ValueError:
-                raise ValueError(f"target {target!r} is not a host name or IP address") from None
+                raise ValueError(f"target {target!r}: an IPv4 address must be four decimal numbers") from None
         port_text = port_text if ":" in target else None
     if port_text is None:
         return host, None
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+    if not _PORT.fullmatch(port_text) or not 0 < int(port_text) < 65536:
         raise ValueError(f"target {target!r}: invalid port")
     return host, int(port_text)
 
 
+def canonical_host(host: str) -> str:
+    """The form hosts are compared in: IP addresses normalised, names lower-case without a trailing dot."""
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        return host.lower().removesuffix(".")
+
+
+def _pattern_regex(pattern: str) -> re.Pattern[str]:
+    """A shell pattern whose ``*`` and ``?`` stay inside one DNS label (as in TLS wildcards).
+
+    With fnmatch's ``*``, ``hv*`` would also match ``hv01.attacker.example``: whoever controls
+    that DNS zone would receive the module's credentials. ``*`` alone means any target.
+    """
+    if pattern == "*":
+        return re.compile(r".*", re.DOTALL)
+    if not _PATTERN.fullmatch(pattern):
+        raise ValueError(f"pattern {pattern!r}: only letters, digits, '.', '-' and the wildcards * ? [...] are allowed")
+    parts: list[str] = []
+    i = 0
+    while i < len(pattern):
+        char = pattern[i]
+        if char == "*":
+            parts.append("[^.]*")
+        elif char == "?":
+            parts.append("[^.]")
+        elif char == "[":
+            end = pattern.find("]", i + 1)
+            if end < 0:
+                raise ValueError(f"pattern {pattern!r}: unbalanced [")
+            body = pattern[i + 1 : end]
+            body = "^" + body[1:] if body.startswith("!") else body
+            parts.append(f"[{body}]")
+            i = end
+        else:
+            parts.append(re.escape(char))
+        i += 1
+    try:
+        return re.compile("".join(parts), re.ASCII)
+    except re.error as exc:
+        raise ValueError(f"pattern {pattern!r}: {exc}") from None
+
+
 @dataclass(frozen=True)
 class TargetAllowlist:
-    """Which targets a module may send its credentials to: names, shell patterns and networks."""
+    """Which targets a module may send its credentials to: names, shell patterns and networks.
+
+    Names, patterns and networks allow a host on the module's WinRM port only; another port needs
+    an entry that names it (``hv01.corp.example:15986``). Otherwise anyone who may call /probe could
+    point the exporter at a port any local user of an allowed host can listen on, and collect the
+    module's credentials (a Basic password, or an NTLM exchange to relay or crack).
+    """
 
     names: frozenset[str] = frozenset()
+    host_ports: frozenset[tuple[str, int]] = frozenset()
     patterns: tuple[str, ...] = ()
     networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    _regexes: tuple[re.Pattern[str], ...] = field(default=(), init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_regexes", tuple(_pattern_regex(p) for p in self.patterns))
 
     @classmethod
     def parse(cls, entries: Iterable[str]) -> TargetAllowlist:
         names: set[str] = set()
+        host_ports: set[tuple[str, int]] = set()
         patterns: list[str] = []
         networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
         for raw in entries:
             entry = raw.strip()
             if not entry:
                 raise ValueError("empty target entry")
-            if any(c in entry for c in "*?["):
+            if any(c in entry for c in "*?[") and not entry.startswith("["):  # "[v6]:port" is no pattern
+                if ":" in entry:
+                    raise ValueError(f"pattern {entry!r}: patterns cannot name a port; list host:port entries")
+                _pattern_regex(entry.lower())  # fail at load time, not at the first probe
                 patterns.append(entry.lower())
                 continue
             try:
@@ -139,14 +222,22 @@ class TargetAllowlist:
                 continue
             except ValueError:
                 pass
-            host, _ = split_target(entry)
-            names.add(host.lower().rstrip("."))
-        return cls(frozenset(names), tuple(patterns), tuple(networks))
+            host, port = split_target(entry)
+            if port is None:
+                names.add(canonical_host(host))
+            else:
+                host_ports.add((canonical_host(host), port))
+        return cls(frozenset(names), frozenset(host_ports), tuple(patterns), tuple(networks))
 
-    def allows(self, target: str) -> bool:
-        host, _ = split_target(target)
-        host = host.lower().rstrip(".")
-        if host in self.names or any(fnmatch.fnmatchcase(host, p) for p in self.patterns):
+    def allows(self, target: str, default_port: int = DEFAULT_PORTS["https"]) -> bool:
+        """Whether ``target`` may be probed; ``default_port`` is the module's WinRM port. Raises ValueError."""
+        host, port = split_target(target)
+        host = canonical_host(host)
+        if port is not None and port != default_port:
+            return (host, port) in self.host_ports
+        if host in self.names or (host, default_port) in self.host_ports:
+            return True
+        if any(regex.fullmatch(host) for regex in self._regexes):
             return True
         try:
             address = ipaddress.ip_address(host)
@@ -155,7 +246,8 @@ class TargetAllowlist:
         return any(address in net for net in self.networks)
 
     def describe(self) -> list[str]:
-        return sorted(self.names) + list(self.patterns) + [str(n) for n in self.networks]
+        ports = sorted(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in self.host_ports)
+        return sorted(self.names) + ports + list(self.patterns) + [str(n) for n in self.networks]
 
 
 @dataclass(frozen=True)
@@ -176,6 +268,7 @@ class WinRMSettings:
     kerberos_hostname_override: str | None = None
     gzip: bool = True
     max_output_bytes: int = 64 * 1024 * 1024
+    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES  # one WinRM HTTP response body
     shell_max_idle: float = 600.0
     shell_max_lifetime: float = 3600.0
 
@@ -209,13 +302,26 @@ class Module:
     endpoints: Mapping[str, str] = field(default_factory=dict)
     cache_ttl: float = 10.0
     refresh_interval: float = 0.0
+    discovery: DiscoverySettings | None = None  # /sd: guest agents of running VMs (discovery.py)
 
     def endpoint_url(self, target: str) -> str:
-        override = self.endpoints.get(target.lower())
+        override = self.endpoints.get(target.lower()) or self.endpoints.get(self.target_key(target))
         if override:
             return override
         host, port = split_target(target)
         return self.winrm.url(host, port)
+
+    def target_key(self, target: str) -> str:
+        return target_key(target, self.winrm.port)
+
+
+def target_key(target: str, default_port: int) -> str:
+    """``target`` in canonical form, without ``default_port`` (how ``endpoints`` keys are compared)."""
+    host, port = split_target(target)
+    host = canonical_host(host)
+    if port is None or port == default_port:
+        return host
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 @dataclass(frozen=True)
@@ -255,8 +361,8 @@ def _winrm(node: Node, base: Path) -> WinRMSettings:
         [
             "scheme", "port", "path", "transport", "username", "password_file", "password_env", "ca_file",
             "server_cert_validation", "client_cert_file", "client_key_file", "allow_unencrypted",
-            "message_encryption", "kerberos_hostname_override", "gzip", "max_output_bytes", "shell_max_idle",
-            "shell_max_lifetime",
+            "message_encryption", "kerberos_hostname_override", "gzip", "max_output_bytes", "max_response_bytes",
+            "shell_max_idle", "shell_max_lifetime",
         ]
     )  # fmt: skip
     scheme = keys["scheme"].string(DEFAULT_PORTS) if "scheme" in keys else "https"
@@ -297,6 +403,9 @@ def _winrm(node: Node, base: Path) -> WinRMSettings:
         ),
         gzip=keys["gzip"].boolean() if "gzip" in keys else True,
         max_output_bytes=keys["max_output_bytes"].size() if "max_output_bytes" in keys else 64 * 1024 * 1024,
+        max_response_bytes=(
+            keys["max_response_bytes"].size() if "max_response_bytes" in keys else DEFAULT_MAX_RESPONSE_BYTES
+        ),
         shell_max_idle=keys["shell_max_idle"].duration() if "shell_max_idle" in keys else 600.0,
         shell_max_lifetime=keys["shell_max_lifetime"].duration() if "shell_max_lifetime" in keys else 3600.0,
     )
@@ -307,6 +416,8 @@ def _winrm(node: Node, base: Path) -> WinRMSettings:
             node.fail("certificate transport needs scheme: https")
         if not (settings.client_cert_file and settings.client_key_file):
             node.fail("certificate transport needs client_cert_file and client_key_file")
+    elif transport == "kerberos" and not HAVE_KERBEROS:
+        node.fail("kerberos transport needs pywinrm's kerberos extra: pip install 'hyperv-exporter[kerberos]'")
     elif transport != "kerberos" and (settings.username is None or settings.password is None):
         node.fail(f"{transport} transport needs username and password_file or password_env")
     if transport == "basic" and scheme == "http" and not settings.allow_unencrypted:
@@ -337,7 +448,7 @@ def _kvp(node: Node) -> KvpSettings:
 
 def _module(name: str, node: Node, base: Path) -> Module:
     keys = node.mapping(
-        ["targets", "timeout", "collectors", "kvp", "winrm", "endpoints", "cache_ttl", "refresh_interval"],
+        ["targets", "timeout", "collectors", "kvp", "winrm", "endpoints", "cache_ttl", "refresh_interval", "discovery"],
         required=["targets", "winrm"],
     )
     targets_node = keys["targets"]
@@ -348,22 +459,31 @@ def _module(name: str, node: Node, base: Path) -> Module:
     collectors = None
     if "collectors" in keys:
         collectors = tuple(item.string(COLLECTORS) for item in keys["collectors"].items())
+    winrm = _winrm(keys["winrm"], base)
     endpoints: dict[str, str] = {}
     for target, url_node in keys["endpoints"].entries() if "endpoints" in keys else []:
         url = url_node.string()
-        if not re.match(r"^https?://[^/\s@]+(/\S*)?$", url):
+        if not re.fullmatch(r"https?://[^/\s@]+(/\S*)?", url):
             url_node.fail("expected an http(s)://host:port/path URL without credentials")
-        endpoints[target.lower()] = url
+        try:
+            endpoints[target_key(target, winrm.port)] = url
+        except ValueError:
+            endpoints[target.lower()] = url  # never matches a valid target, but harmless
     return Module(
         name=name,
         targets=targets,
-        winrm=_winrm(keys["winrm"], base),
+        winrm=winrm,
         timeout=keys["timeout"].duration(minimum=0.1) if "timeout" in keys else 30.0,
         collectors=collectors,
         kvp=_kvp(keys["kvp"]) if "kvp" in keys else KvpSettings(),
         endpoints=endpoints,
         cache_ttl=keys["cache_ttl"].duration() if "cache_ttl" in keys else 10.0,
         refresh_interval=keys["refresh_interval"].duration() if "refresh_interval" in keys else 0.0,
+        discovery=(
+            parse_discovery(keys["discovery"], _kvp(keys["kvp"]) if "kvp" in keys else KvpSettings(), collectors)
+            if "discovery" in keys
+            else None
+        ),
     )
 
 

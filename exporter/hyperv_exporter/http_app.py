@@ -1,4 +1,4 @@
-"""HTTP routes of the exporter: ``/probe``, ``/metrics``, ``/``, ``/config``, ``/-/healthy``, ``/-/reload``.
+"""HTTP routes of the exporter: ``/probe``, ``/sd``, ``/metrics``, ``/``, ``/config``, ``/-/healthy``, ``/-/reload``.
 
 ``/probe?target=HOST&module=NAME`` follows blackbox_exporter: a bad request is 400 with the
 reason, a target outside the module's allowlist is 403 (refused before any connection, so the
@@ -18,10 +18,10 @@ from typing import Any
 import yaml
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from hyperv_exporter import exposition, logutil
+from hyperv_exporter import discovery, exposition, logutil
 from hyperv_exporter.config import Config, ConfigError, Module, split_target
 from hyperv_exporter.landing import render_landing
-from hyperv_exporter.probe import Prober
+from hyperv_exporter.probe import Prober, ProbeResult
 from hyperv_exporter.selfmetrics import ExporterMetrics
 from hyperv_exporter.web import Request, Response
 
@@ -57,6 +57,7 @@ class ExporterApp:
         routes: dict[str, Route] = {
             "/": self.landing,
             "/probe": self.probe,
+            "/sd": lambda r: discovery.respond(r, self.config.modules, self.prober),
             "/metrics": self.self_metrics,
             "/config": self.show_config,
             "/-/healthy": lambda r: Response(body="Healthy\n"),
@@ -104,7 +105,7 @@ class ExporterApp:
             split_target(target)
         except ValueError as exc:
             return self._bad_request("bad_request", f"invalid target: {exc}")
-        if not module.targets.allows(target):
+        if not module.targets.allows(target, module.winrm.port):
             log.warning(
                 "refused probe of a target outside the allowlist",
                 extra=logutil.fields(module=module_name, target=target),
@@ -117,7 +118,7 @@ class ExporterApp:
             )
         timeout = self.probe_timeout(request, module)
         result = self.prober.probe(module, target, timeout)
-        body = exposition.render(result, timeout)
+        body = _render(result, timeout)
         if request.query.get("debug", [""])[0].lower() in ("true", "1", "yes"):
             return Response(body=self._debug(result.log, body, module), content_type=TEXT)
         return Response(body=body, content_type=CONTENT_TYPE_LATEST)
@@ -162,6 +163,7 @@ class ExporterApp:
                 "sources": list(module.kvp.sources),
                 "max_value_length": module.kvp.max_value_length,
             },
+            "discovery": module.discovery.view() if module.discovery is not None else None,
         }
 
     def show_config(self, request: Request) -> Response:
@@ -200,3 +202,19 @@ class ExporterApp:
             log.error("configuration reload failed; keeping the previous configuration: %s", exc)
             return Response(status=500, body=f"failed to reload config: {exc}\n")
         return Response(body="configuration reloaded\n")
+
+
+LAST_SUCCESS_HELP = (
+    "# HELP hyperv_last_success_timestamp_seconds When the data served here was collected from the host (Unix time).\n"
+    "# TYPE hyperv_last_success_timestamp_seconds gauge\n"
+)
+
+
+def _render(result: ProbeResult, timeout: float) -> bytes:
+    body = exposition.render(result, timeout)
+    if result.data_time is None:
+        return body
+    # Background refresh after a failed attempt: hyperv_up 0 with the last good data. render()
+    # gives a failed result no age, so the family is appended (family order does not matter).
+    line = f"hyperv_last_success_timestamp_seconds {float(result.data_time)!r}\n"
+    return body + (LAST_SUCCESS_HELP + line).encode("utf-8")

@@ -9,18 +9,21 @@ Rules this module enforces, because Prometheus and Hyper-V hosts both punish the
   Prometheus servers) share the in-flight run; a result younger than ``cache_ttl`` is reused.
 - **Independent.** Each host has its own session and lock; a slow host never delays another.
 - **Background refresh** (``refresh_interval`` > 0): the host is probed on a timer and /probe
-  serves the last result immediately, with ``hyperv_last_success_timestamp_seconds`` saying how old.
+  answers immediately with the last *good* data, ``hyperv_last_success_timestamp_seconds`` saying
+  how old it is, while ``hyperv_up`` and the error reason reflect the latest attempt.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any, TypeVar, cast
 
 from hyperv_exporter import cimxml, logutil, report, script
 from hyperv_exporter.collectors import COLLECTORS, sections_for
@@ -50,6 +53,9 @@ class ProbeResult:
     output_bytes: int = 0
     shared: bool = False  # answered from the cache or another requester's run
     log: list[str] = field(default_factory=list)
+    # Background refresh only: when ``report`` was collected, if by an earlier attempt than this one
+    # (the latest attempt failed; its reason is served with the last good data).
+    data_time: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -63,6 +69,7 @@ class ProbeResult:
 class _Entry:
     """Per (module, target) state."""
 
+    target: str = ""  # as first requested: the label on /metrics, however later requests spell it
     session: WinRMSession | None = None
     inflight: Future[ProbeResult] | None = None
     last: ProbeResult | None = None
@@ -89,20 +96,24 @@ class Prober:
     def probe(self, module: Module, target: str, timeout: float) -> ProbeResult:
         """Probe ``target`` with ``module``; never takes (much) longer than ``timeout`` seconds."""
         deadline = time.monotonic() + timeout
-        key = (module.name, target.lower())
+        key = self._key(module, target)
         with self._lock:
-            entry = self._entries.setdefault(key, _Entry())
+            entry = self._entries.setdefault(key, _Entry(target=target))
             if module.refresh_interval > 0:
                 self._ensure_refresher(key, entry, module, target)
+                if entry.last is not None:
+                    return self._shared(self._refreshed_view(entry), module)
             last = entry.last
-            if last is not None and (
-                module.refresh_interval > 0 or time.time() - (last.started + last.duration) < module.cache_ttl
-            ):
+            if last is not None and time.time() - (last.started + last.duration) < module.cache_ttl:
                 return self._shared(last, module)
-            future, shared = self._submit(module, target, entry, deadline)
+            # The conversation's own deadline comes a little earlier, so that it normally ends (and
+            # records its error) before this requester gives up waiting for it.
+            future, shared = self._submit(module, target, entry, deadline - min(0.25, timeout * 0.1))
         try:
             result = future.result(timeout=max(0.0, deadline - time.monotonic()))
         except TimeoutError:
+            # Only a conversation stuck where no deadline reaches (a hanging DNS lookup) gets here;
+            # it counts and logs its own error when it ends.
             result = ProbeResult(module.name, target, self.collectors_for(module), time.time() - timeout)
             result.duration = timeout
             result.reason, result.message = "timeout", f"no answer from the host within {timeout:.1f}s"
@@ -110,6 +121,30 @@ class Prober:
             self._record(module, target, result, counted=False)
             return result
         return self._shared(result, module) if shared else result
+
+    @staticmethod
+    def _key(module: Module, target: str) -> tuple[str, str]:
+        """One entry (session, lock, cache) per module and host, however the target is spelled:
+        ``HV01``, ``hv01.`` and ``hv01:5986`` (the module's port) are the same conversation."""
+        try:
+            return module.name, module.target_key(target)
+        except ValueError:
+            return module.name, target.lower()
+
+    @staticmethod
+    def _refreshed_view(entry: _Entry) -> ProbeResult:
+        """The latest attempt; if it failed, with the last good data (and its time) attached."""
+        last, good = entry.last, entry.last_good
+        assert last is not None
+        if last.ok or good is None or good.report is None:
+            return last
+        return replace(
+            last,
+            report=good.report,
+            clock=good.clock,
+            collectors=good.collectors,
+            data_time=good.started + good.duration,
+        )
 
     def _submit(self, module: Module, target: str, entry: _Entry, deadline: float) -> tuple[Future[ProbeResult], bool]:
         """Join the run in flight for this host, or start one. Caller holds ``self._lock``."""
@@ -125,6 +160,16 @@ class Prober:
             sessions = [e.session for e in self._entries.values() if e.session is not None]
         for session in sessions:
             session.close()
+
+    def latest_good(self, module: str) -> list[ProbeResult]:
+        """The latest successful result of every target probed with ``module`` (read-only; for /sd)."""
+        with self._lock:
+            return [e.last_good for (name, _), e in self._entries.items() if name == module and e.last_good is not None]
+
+    def in_flight(self) -> int:
+        """How many WinRM conversations are running right now (none may outlive its deadline)."""
+        with self._lock:
+            return sum(1 for e in self._entries.values() if e.inflight is not None and not e.inflight.done())
 
     def forget_module(self, name: str) -> None:
         """Drop sessions of a module that a reload removed or changed (its credentials may differ)."""
@@ -184,6 +229,10 @@ class Prober:
             text = report.decode_output(exchange.stdout, module.winrm.max_output_bytes)
             kvp_filter = cimxml.allowlist(module.kvp.keys, module.kvp.max_value_length)
             result.report = report.parse_report(text, kvp_filter, frozenset(module.kvp.sources))
+            if "\\ud" in text or "\\uD" in text:
+                # JSON may escape a lone UTF-16 surrogate (a broken or hostile host); no UTF-8 encoder
+                # takes one, and one in a label value would fail the whole exposition.
+                result.report = scrub_surrogates(result.report)
             result.clock = ClockExchange(exchange.sent, exchange.received)
             result.note(f"{len(result.report.vms)} VMs, {len(result.report.problems)} problems")
         except ProbeError as exc:
@@ -205,14 +254,21 @@ class Prober:
         return result
 
     def _record(self, module: Module, target: str, result: ProbeResult, counted: bool) -> None:
+        """Metrics, log and history for one answered probe; ``counted``: a WinRM conversation ended."""
         m = self.metrics
         m.probes.labels(module.name, "true" if result.ok else "false").inc()
         if counted:
             m.collection_duration.labels(module.name).observe(result.duration)
             m.winrm_requests.labels(module.name).inc(result.requests)
         fields = {"module": module.name, "target": target, "duration_seconds": round(result.duration, 3)}
-        if result.reason:
-            m.probe_errors.labels(module.name, target, result.reason).inc()
+        if result.reason and not counted:
+            log.debug("probe answered without a result: %s", result.message, extra=logutil.fields(**fields))
+        elif result.reason:
+            # The label is the target as first requested: spelling variants (case, a trailing dot)
+            # of one allowed host must not create new series on every request.
+            entry = self._entries.get(self._key(module, target))
+            label = entry.target if entry is not None and entry.target else target
+            m.probe_errors.labels(module.name, label, result.reason).inc()
             log.warning("probe failed: %s", result.message, extra=logutil.fields(**fields, reason=result.reason))
         else:
             log.debug("probe succeeded", extra=logutil.fields(**fields))
@@ -224,8 +280,7 @@ class Prober:
     def _log_problems(self, module: Module, target: str, problems: list[str]) -> None:
         # Each distinct problem is logged once per host at warning level, then only at debug, so a
         # guest that keeps writing malformed KVP cannot flood the log.
-        key = (module.name, target.lower())
-        entry = self._entries.get(key)
+        entry = self._entries.get(self._key(module, target))
         seen = entry.seen_problems if entry is not None else set()
         for problem in problems:
             if problem in seen or len(seen) > 1000:
@@ -236,3 +291,20 @@ class Prober:
 
 
 ProbeFunction = Callable[[Module, str, float], ProbeResult]
+
+_T = TypeVar("_T")
+
+
+def scrub_surrogates(value: _T) -> _T:
+    """``value`` with every lone surrogate in its strings replaced by ``?`` (dataclasses, lists, dicts)."""
+    result: Any = value
+    if isinstance(value, str):
+        result = value.encode("utf-8", "replace").decode("utf-8")
+    elif isinstance(value, list | tuple):
+        result = type(value)(scrub_surrogates(item) for item in value)
+    elif isinstance(value, dict):
+        result = {scrub_surrogates(k): scrub_surrogates(v) for k, v in value.items()}
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        changes = {f.name: scrub_surrogates(getattr(value, f.name)) for f in dataclasses.fields(value) if f.init}
+        result = dataclasses.replace(value, **changes)
+    return cast(_T, result)

@@ -6,7 +6,8 @@ script on a cmd.exe command line (8,191-character limit) and loops on output wit
 Here the shell is opened once with code page 65001 and the script in its environment, kept across
 probes (re-created after a fault, after ``shell_max_idle`` without use or ``shell_max_lifetime``),
 and every HTTP request is bounded by the probe's deadline. A steady-state probe is three requests:
-Command, Receive, Signal.
+Command, Receive, Signal. The HTTP layer is :class:`~hyperv_exporter.winrm_transport.HardenedTransport`
+(capped bodies, a hard deadline per request, no DTDs, no plaintext on an encrypted session).
 """
 
 from __future__ import annotations
@@ -34,6 +35,13 @@ from winrm.protocol import Protocol
 from hyperv_exporter import logutil
 from hyperv_exporter.config import WinRMSettings
 from hyperv_exporter.script import SCRIPT_ENV
+from hyperv_exporter.winrm_transport import (
+    DeadlineExceeded,
+    HardenedTransport,
+    ResponseTooLarge,
+    UnsafeResponse,
+    system_ca_path,
+)
 
 log = logging.getLogger(__name__)
 
@@ -64,9 +72,10 @@ class Exchange:
 
 
 class _CountingProtocol(Protocol):
-    """pywinrm's Protocol, counting HTTP requests into its session (the simulator counts them too)."""
+    """pywinrm's Protocol on a :class:`HardenedTransport`, counting HTTP requests into its session."""
 
     session: WinRMSession
+    transport: HardenedTransport
 
     def send_message(self, message: str) -> bytes:
         self.session.requests_total += 1
@@ -98,8 +107,17 @@ def classify(exc: BaseException) -> ProbeError:
     """Map a pywinrm/requests exception to a ProbeError with a reason and a short, secret-free message."""
     if isinstance(exc, ProbeError):
         return exc
+    if isinstance(exc, ResponseTooLarge):
+        return ProbeError("output_too_large", str(exc))
+    if isinstance(exc, DeadlineExceeded):
+        return ProbeError("timeout", "the host did not answer before the probe deadline")
+    if isinstance(exc, UnsafeResponse):
+        return ProbeError("winrm_fault", f"refused the host's answer: {exc}")
     if isinstance(exc, InvalidCredentialsError):
         return ProbeError("auth", "the host rejected the credentials (HTTP 401)")
+    if isinstance(exc, PermissionError) and "NTLM" in str(exc):
+        # requests_ntlm: the 401 carried no NTLM challenge (Negotiate disabled, or not Windows at all).
+        return ProbeError("auth", "the host did not offer NTLM authentication")
     if isinstance(exc, requests.exceptions.SSLError):
         return ProbeError("tls", f"TLS handshake failed: {_short(exc)}")
     if isinstance(exc, requests.exceptions.Timeout):
@@ -110,24 +128,35 @@ def classify(exc: BaseException) -> ProbeError:
         return ProbeError("winrm_fault", f"WS-Management fault {exc.wsman_fault_code or exc.code}: {exc.reason}")
     if isinstance(exc, WinRMTransportError):
         return ProbeError("winrm_fault", f"HTTP {exc.code} from the WinRM listener")
+    if type(exc) is WinRMError:  # pywinrm's own checks; their messages name no secret
+        return ProbeError("winrm_fault", f"pywinrm: {_short(exc)}")
     if isinstance(exc, WinRMError | ET.ParseError | StopIteration | AssertionError | ValueError | KeyError):
         return ProbeError("winrm_fault", f"unexpected WS-Management response ({type(exc).__name__})")
     return ProbeError("winrm_fault", f"{type(exc).__name__}: {_short(exc)}")
 
 
+# requests/urllib3 messages nest the whole chain; the innermost reason is what helps. Most
+# specific first: OpenSSL's "certificate verify failed: certificate has expired" says more than
+# the CERTIFICATE_VERIFY_FAILED code before it.
+_REASONS = (
+    re.compile(r"certificate verify failed: [^'\")(]*"),
+    re.compile(r"\[Errno -?\d+\] [^'\")]*"),
+    re.compile(r"Connection refused|Name or service not known|CERTIFICATE_VERIFY_FAILED|timed out"),
+)
+
+
 def _short(exc: BaseException) -> str:
-    # requests/urllib3 messages nest the whole chain; the innermost reason is what helps.
     text = str(exc)
-    match = re.search(
-        r"\[Errno -?\d+\] [^'\")]*|Connection refused|Name or service not known|"
-        r"certificate verify failed: [^'\")(]*|CERTIFICATE_VERIFY_FAILED|timed out",
-        text,
-    )
-    return (match.group(0) if match else text)[:200].strip()
+    for pattern in _REASONS:
+        match = pattern.search(text)
+        if match:
+            return match.group(0)[:200].strip()
+    return text[:200].strip()
 
 
-def _close_quietly(protocol: Protocol, shell_id: str) -> None:
+def _close_quietly(protocol: _CountingProtocol, shell_id: str) -> None:
     try:
+        protocol.transport.deadline = time.monotonic() + 7.0  # a host that hangs here costs 7 s of a daemon thread
         protocol.transport.read_timeout_sec = 5
         protocol.operation_timeout_sec = 2
         protocol.close_shell(shell_id, close_session=True)
@@ -156,21 +185,34 @@ class WinRMSession:
         s = self.settings
         password = s.password.get() if s.password is not None else None
         certificate = s.transport == "certificate"
+        # No ca_file: the operating system's trust store (where an internal CA is installed), not
+        # certifi's bundle and never REQUESTS_CA_BUNDLE from the environment by accident.
+        ca_trust_path = s.ca_file or system_ca_path()
+        options = {
+            "endpoint": self.url,
+            "username": s.username,
+            "password": password,
+            "server_cert_validation": cast(Literal["validate", "ignore"], s.server_cert_validation),
+            "ca_trust_path": cast(str, ca_trust_path),  # None: certifi, when the OS has no bundle
+            "cert_pem": s.client_cert_file if certificate else None,
+            "cert_key_pem": s.client_key_file if certificate else None,
+            "message_encryption": cast(Literal["auto", "always", "never"], s.message_encryption),
+            "kerberos_hostname_override": s.kerberos_hostname_override,
+            "proxy": None,  # WinRM to a Hyper-V host never goes through an HTTP proxy from the environment
+        }
         protocol = _CountingProtocol(
-            endpoint=self.url,
             transport=cast(TransportName, s.transport),
-            username=s.username,
-            password=password,
-            server_cert_validation=cast(Literal["validate", "ignore"], s.server_cert_validation),
-            # None: the default CA bundle, never REQUESTS_CA_BUNDLE from the environment by accident.
-            ca_trust_path=cast(str, s.ca_file),
-            cert_pem=s.client_cert_file if certificate else None,
-            cert_key_pem=s.client_key_file if certificate else None,
-            message_encryption=cast(Literal["auto", "always", "never"], s.message_encryption),
-            kerberos_hostname_override=s.kerberos_hostname_override,
-            proxy=None,  # WinRM to a Hyper-V host never goes through an HTTP proxy from the environment
             read_timeout_sec=30,
             operation_timeout_sec=20,
+            **options,  # type: ignore[arg-type]
+        )
+        # Same arguments as Protocol gives its own Transport, plus the response cap.
+        protocol.transport = HardenedTransport(
+            auth_method=cast(TransportName, s.transport),
+            read_timeout_sec=protocol.read_timeout_sec,
+            service="HTTP",
+            max_response_bytes=s.max_response_bytes,
+            **options,
         )
         protocol.session = self
         return protocol
@@ -181,6 +223,9 @@ class WinRMSession:
         if remaining <= 0.05:
             raise ProbeError("timeout", "the probe deadline passed before the host finished")
         protocol.transport.read_timeout_sec = remaining  # type: ignore[assignment]  # requests takes float seconds
+        # Read timeouts are per socket read; the transport's deadline bounds the whole request
+        # even when the host drips its answer one byte at a time.
+        protocol.transport.deadline = deadline
         # OperationTimeout is whole seconds (pywinrm formats PT{int}S) and must leave the server
         # time to answer with the TimedOut fault before our read timeout fires.
         protocol.operation_timeout_sec = max(1, min(20, int(remaining - 1.0)))
@@ -296,5 +341,6 @@ class WinRMSession:
 
     def _signal(self, protocol: _CountingProtocol, shell_id: str, command_id: str, deadline: float) -> None:
         # Signal terminate releases the command's resources on the host; the shell stays open.
+        # It may use a second past the deadline: skipping it would leak the command on the host.
         self._arm(protocol, deadline + 1.0)
         protocol.cleanup_command(shell_id, command_id)

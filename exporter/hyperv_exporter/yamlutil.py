@@ -64,6 +64,8 @@ def load(text: str, filename: str) -> Any:
         return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader subclass
     except YamlError as exc:
         raise YamlError(f"{filename}: {exc}") from None
+    except RecursionError:  # PyYAML composes nested collections recursively
+        raise YamlError(f"{filename}: nested too deeply to be a configuration") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f":{mark.line + 1}" if mark is not None else ""

@@ -47,7 +47,21 @@ OUTPUT_FAULTS = {
     "progress_stderr": "succeeds, with progress records as CLIXML on stderr",
     "vm_section_error": "Get-VM fails inside the script (the vm section reports the error)",
     "old_schema": "a document of another schema version",
+    "surrogates": "a VM name with JSON escapes for a lone surrogate, NUL and ESC (valid JSON, invalid text)",
+    "deep_nesting": "JSON nested 100,000 arrays deep (a recursion bomb for naive parsers)",
+    "bad_clixml": "PowerShell fails and stderr is CLIXML with an entity-expansion DTD",
+    "huge_stderr": "PowerShell fails and writes 12 MiB to stderr",
 }
+# Replaced in the JSON text by escapes that json.loads accepts but no UTF-8 encoder does.
+_SURROGATE_NAME = "hyperv-sim-surrogate-name"
+_SURROGATE_ESCAPES = "\\ud800broken\\u0000name\\u001b[31m"
+_BAD_CLIXML = (
+    b"#< CLIXML\r\n"
+    b'<!DOCTYPE Objs [<!ENTITY a "aaaaaaaaaaaaaaaaaaaa"><!ENTITY b "&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;">'
+    b'<!ENTITY c "&b;&b;&b;&b;&b;&b;&b;&b;&b;&b;&b;&b;&b;&b;&b;&b;&b;&b;&b;&b;">]>'
+    b'<Objs Version="1.1.0.1" xmlns="http://schemas.microsoft.com/powershell/2004/04">'
+    b'<S S="Error">&c;</S></Objs>'
+)
 
 
 @lru_cache(maxsize=1)
@@ -118,6 +132,10 @@ class HostRunner:
         host = self.host
         fault = host.output_fault
         started = time.time()
+        if fault == "bad_clixml":
+            return CommandResult(stderr=_BAD_CLIXML, exit_code=1, run_seconds=host.run_seconds)
+        if fault == "huge_stderr":
+            return CommandResult(stderr=b"E" * (12 * 1024 * 1024), exit_code=1, run_seconds=host.run_seconds)
         if fault == "powershell_error":
             return CommandResult(
                 stderr=clixml_error(
@@ -135,12 +153,18 @@ class HostRunner:
             )
         if fault == "old_schema":
             doc["SchemaVersion"] = 99
+        if fault == "surrogates" and doc.get("VMs"):
+            doc["VMs"][0]["Name"] = _SURROGATE_NAME
         text = dumps(doc, compress=True)
+        if fault == "surrogates":
+            text = text.replace(_SURROGATE_NAME, _SURROGATE_ESCAPES)
         # The script reads its end clock right before printing; here the output exists once this
         # method returns and run_seconds have passed, so that is the moment the end clock stands for.
         text = text[:-1] + ',"ClockEndTicks":' + str(to_ticks(time.time() + host.run_seconds + host.clock_offset)) + "}"
         if fault == "huge":
             text = '{"SchemaVersion":1,"VMs":[' + ",".join(['{"Name":"x"}'] * 400_000) + "]}"
+        elif fault == "deep_nesting":
+            text = '{"SchemaVersion":1,"VMs":' + "[" * 100_000 + "]" * 100_000 + "}"
         encoding = "utf-8" if codepage == 65001 else f"cp{codepage}"
         if fault == "cp1252":
             encoding, use_gzip = "cp1252", False
@@ -180,11 +204,16 @@ class _HostUsers(Mapping[str, str]):
 
 @dataclass
 class Simulator:
-    """Every host of a fleet, each behind its own WS-Management endpoint on 127.0.0.1."""
+    """Every host of a fleet, each behind its own WS-Management endpoint on 127.0.0.1.
+
+    Listeners accept Basic and NTLM (with message encryption over HTTP); with ``ssl_context`` they
+    serve HTTPS. ``allow_unencrypted=False`` refuses plaintext SOAP over HTTP, as Windows does by default.
+    """
 
     fleet: SimFleet
     bind: str = "127.0.0.1"
     ssl_context: ssl.SSLContext | None = None
+    allow_unencrypted: bool = True
     endpoints: dict[str, WSManEndpoint] = field(default_factory=dict)
     runners: dict[str, HostRunner] = field(default_factory=dict)
 
@@ -200,6 +229,7 @@ class Simulator:
                 ssl_context=self.ssl_context,
                 latency_seconds=host.latency,
                 name=host.computer_name,
+                allow_unencrypted=self.allow_unencrypted,
             )
             endpoint.start()
             self.endpoints[host.computer_name] = endpoint

@@ -73,10 +73,13 @@ _STOP_JOIN_SECONDS = 2.0
 class WSManEndpoint:
     """One simulated host's WinRM listener at ``/wsman``.
 
-    ``users``: Basic-auth user -> password (``None``: no auth; the Basic user name, if any, still becomes
-    ``Shell.username``). With ``ssl_context`` the listener serves HTTPS; if that context verifies client
-    certificates, pywinrm's ``transport="certificate"`` works too (subject CN = user name, must be in
-    ``users``). ``latency_seconds`` is added before answering every request (settable at any time).
+    ``users``: user -> password for Basic and, with ``ntlm`` (default), NTLM via HTTP Negotiate with
+    SPNEGO message encryption (``wsman_ntlm``); ``None``: no auth (the Basic user name, if any, still
+    becomes ``Shell.username``). With ``ssl_context`` the listener serves HTTPS; if that context verifies
+    client certificates, pywinrm's ``transport="certificate"`` works too (subject CN = user name, must be
+    in ``users``). ``allow_unencrypted=False`` refuses plaintext SOAP over HTTP, like a default Windows
+    listener (AllowUnencrypted=false). ``latency_seconds`` is added before answering every request
+    (settable at any time).
 
     Beyond the contract: ``chunk_size`` (raw bytes per rsp:Stream), ``max_shells_per_user`` (WinRM's
     MaxShellsPerUser, 30 by default, ``None`` = unlimited), ``shell_idle_timeout`` (default WinRM's
@@ -99,6 +102,8 @@ class WSManEndpoint:
         max_shells_per_user: int | None = DEFAULT_MAX_SHELLS_PER_USER,
         shell_idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT,
         shell_lifetime: float | None = None,
+        ntlm: bool = True,
+        allow_unencrypted: bool = True,
     ) -> None:
         if chunk_size < 1:
             raise ValueError("chunk_size must be positive")
@@ -106,6 +111,8 @@ class WSManEndpoint:
         # Kept by reference: changing the mapping later (a password rotation) applies to the next request.
         self.users: Mapping[str, str] | None = users
         self.ssl_context = ssl_context
+        self.ntlm = ntlm
+        self.allow_unencrypted = allow_unencrypted
         self.latency_seconds = latency_seconds
         self.stats = WSManStats()
         self.service = ShellHost(

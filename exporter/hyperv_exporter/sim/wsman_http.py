@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import gzip
 import hmac
 import logging
 import selectors
@@ -20,10 +21,12 @@ import ssl
 import struct
 import threading
 from dataclasses import dataclass
+from functools import lru_cache
 from http.server import BaseHTTPRequestHandler
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from . import wsman_soap as soap
+from .wsman_ntlm import ENCRYPTED_CONTENT_TYPE, NtlmConnection, NtlmError
 from .wsman_shells import Abort, CallContext
 
 if TYPE_CHECKING:
@@ -41,9 +44,25 @@ MAX_REQUEST_BYTES = soap.SERVER_MAX_ENVELOPE
 #: HTTP.sys closes idle keep-alive connections after 120 s (its default IdleConnectionTimeout).
 IDLE_CONNECTION_SECONDS = 120.0
 GARBAGE_BODY = b"\x89\x00 this is not XML: upstream proxy answered with something else \xff\xfe"
+#: Billion laughs: a few hundred bytes that expand to gigabytes in a parser that expands entities.
+DTD_BODY = (
+    b'<?xml version="1.0"?><!DOCTYPE s:Envelope [<!ENTITY a "aaaaaaaaaa">'
+    + b"".join(b'<!ENTITY %c "%s">' % (c, b"&%c;" % (c - 1) * 10) for c in range(ord("b"), ord("j")))
+    + b']><s:Envelope xmlns:s="http://www.w3.org/2003/05/soap-envelope"><s:Body>&i;</s:Body></s:Envelope>'
+)
+DEFAULT_HUGE_BODY = 64 * 1024 * 1024
 
-FaultKind = Literal["hang", "slow", "http_500", "unauthorized", "reset", "garbage"]
+FaultKind = Literal[
+    "hang", "slow", "http_500", "unauthorized", "reset", "garbage", "drip", "huge_body", "gzip_body", "dtd",
+    "plaintext",
+]  # fmt: skip
 FAULT_KINDS: tuple[str, ...] = get_args(FaultKind)
+
+
+@lru_cache(maxsize=1)
+def _gzip_bomb() -> bytes:
+    """About 64 KiB of gzip that inflates to 64 MiB."""
+    return gzip.compress(b"\0" * DEFAULT_HUGE_BODY, compresslevel=9, mtime=0)
 
 
 @dataclass(frozen=True)
@@ -54,6 +73,11 @@ class Fault:
     again (then it is processed normally, late); ``slow``: sleep ``seconds`` first; ``http_500``: the real
     s:Receiver / w:InternalError SOAP fault with HTTP 500; ``unauthorized``: 401 even with good credentials;
     ``reset``: close the TCP connection with RST and no answer; ``garbage``: HTTP 200 with a non-XML body.
+    Hostile listeners: ``drip``: process the request, then send the answer (status line, headers, body)
+    one byte every ``seconds``; ``huge_body``: HTTP 200 with ``size`` bytes (default 64 MiB) of XML-looking
+    text, no Content-Length, until the client hangs up; ``gzip_body``: HTTP 200 with
+    ``Content-Encoding: gzip`` and 64 KiB that inflate to 64 MiB; ``dtd``: HTTP 200 with a "billion
+    laughs" entity expansion; ``plaintext``: answer an encrypted (NTLM) request unencrypted.
     A refused connection is ``endpoint.stop()`` (``start()`` brings the listener back on the same port).
     ``times``: apply to the next N requests only, then clear; ``None`` = until replaced.
     """
@@ -61,6 +85,7 @@ class Fault:
     kind: FaultKind
     seconds: float = 0.0
     times: int | None = None
+    size: int = 0
 
     def __post_init__(self) -> None:
         if self.kind not in FAULT_KINDS:
@@ -69,6 +94,8 @@ class Fault:
             raise ValueError("Fault.seconds must not be negative")
         if self.times is not None and self.times < 1:
             raise ValueError("Fault.times must be at least 1 (or None for no limit)")
+        if self.size < 0:
+            raise ValueError("Fault.size must not be negative")
 
 
 class _Reset(Exception):
@@ -156,6 +183,10 @@ class WSManHandler(BaseHTTPRequestHandler):
     # flushes after each request). Unbuffered, headers and body are two small segments, and the client's
     # delayed ACK stalls every keep-alive round trip by ~40 ms.
     wbufsize = 1 << 16
+    # Per connection: NTLM authenticates connections, not requests. Per request: "drip" and "plaintext".
+    _ntlm: NtlmConnection | None = None
+    _drip: float | None = None
+    _plaintext: bool = False
 
     # --- connection -------------------------------------------------------------------------------
 
@@ -203,6 +234,7 @@ class WSManHandler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         endpoint = self.server.endpoint
         endpoint.stats.incr("requests")
+        self._drip, self._plaintext = None, False
         body = self._read_body()
         if body is None:
             return
@@ -218,12 +250,42 @@ class WSManHandler(BaseHTTPRequestHandler):
             endpoint.stats.incr("auth_failures")
             self._unauthorized()
             return
-        content_type = self.headers.get("Content-Type", "")
-        if not content_type.lower().startswith("application/soap+xml"):
+        if isinstance(username, bytes):  # an NTLM CHALLENGE: the handshake goes on
+            token = base64.b64encode(username).decode("ascii")
+            self._respond(401, b"", "text/plain", [("WWW-Authenticate", f"Negotiate {token}")])
+            return
+        content_type = self.headers.get("Content-Type", "").lower()
+        encrypted = content_type.startswith("multipart/encrypted")
+        if encrypted:
+            try:
+                body = self._connection_ntlm().unwrap(body)
+            except NtlmError as exc:
+                logger.debug("%s: refusing an encrypted message: %s", endpoint.name, exc)
+                self.close_connection = True
+                self._respond(400, b"", "text/plain")
+                return
+            endpoint.stats.incr("encrypted_requests")
+        elif not body and self._ntlm is not None and self._ntlm.authenticated:
+            self._respond(200, b"", "text/plain")  # pywinrm's empty POST that sets up encryption
+            return
+        elif not endpoint.allow_unencrypted and not isinstance(self.connection, ssl.SSLSocket):
+            # AllowUnencrypted=false, as on a default Windows listener: plaintext SOAP over HTTP is refused.
+            endpoint.stats.incr("auth_failures")
+            self._unauthorized()
+            return
+        elif not content_type.startswith("application/soap+xml"):
             self._respond(415, b"", "text/plain")
             return
         status, text = self._dispatch(body, username)
-        self._respond(status, text.encode("utf-8"))
+        if encrypted and not self._plaintext:
+            self._respond(status, self._connection_ntlm().wrap(text.encode("utf-8")), ENCRYPTED_CONTENT_TYPE)
+        else:
+            self._respond(status, text.encode("utf-8"))
+
+    def _connection_ntlm(self) -> NtlmConnection:
+        if self._ntlm is None:
+            self._ntlm = NtlmConnection(self.server.endpoint.name)
+        return self._ntlm
 
     def _dispatch(self, body: bytes, username: str) -> tuple[int, str]:
         endpoint = self.server.endpoint
@@ -274,13 +336,26 @@ class WSManHandler(BaseHTTPRequestHandler):
 
     # --- auth ---------------------------------------------------------------------------------------
 
-    def _authenticate(self) -> str | None:
-        """The authenticated user name; "" when the listener has no users; None = answer 401."""
-        users = self.server.endpoint.users
+    def _authenticate(self) -> str | bytes | None:
+        """The authenticated user name ("" when the listener has no users), an NTLM challenge to send
+        with a 401 (bytes), or None = answer 401."""
+        endpoint = self.server.endpoint
+        users = endpoint.users
         header = self.headers.get("Authorization", "")
         if header.strip() == CERT_AUTH_HEADER:
             return self._certificate_user()
         scheme, _, token = header.partition(" ")
+        if scheme.lower() in ("negotiate", "ntlm") and endpoint.ntlm and users is not None:
+            try:
+                raw = base64.b64decode(token.strip(), validate=True)
+                ntlm = self._connection_ntlm()
+                challenge = ntlm.step(raw, users)
+                return challenge if challenge is not None else ntlm.user
+            except (binascii.Error, NtlmError) as exc:
+                logger.debug("%s: NTLM refused: %s", endpoint.name, exc)
+                return None
+        if not header and self._ntlm is not None and self._ntlm.user is not None:
+            return self._ntlm.user  # a connection NTLM authenticated earlier
         credentials: tuple[str, str] | None = None
         if scheme.lower() == "basic":
             try:
@@ -333,7 +408,17 @@ class WSManHandler(BaseHTTPRequestHandler):
             return False
         if fault.kind == "reset":
             raise _Reset
-        if fault.kind == "unauthorized":
+        if fault.kind in ("drip", "plaintext"):
+            self._drip = fault.seconds if fault.kind == "drip" else None
+            self._plaintext = fault.kind == "plaintext"
+            return False
+        if fault.kind == "huge_body":
+            self._send_huge(fault.size or DEFAULT_HUGE_BODY)
+        elif fault.kind == "gzip_body":
+            self._respond(200, _gzip_bomb(), headers=[("Content-Encoding", "gzip")])
+        elif fault.kind == "dtd":
+            self._respond(200, DTD_BODY)
+        elif fault.kind == "unauthorized":
             self._unauthorized()
         elif fault.kind == "garbage":
             self._respond(200, GARBAGE_BODY, "text/plain")
@@ -342,6 +427,20 @@ class WSManHandler(BaseHTTPRequestHandler):
             text = soap.fault_envelope(soap.fault_internal_error(), soap.message_id_of(body), endpoint.host)
             self._respond(500, text.encode("utf-8"))
         return True
+
+    def _send_huge(self, size: int) -> None:
+        """``size`` bytes of SOAP-looking text, delimited by closing the connection (no Content-Length)."""
+        self.close_connection = True
+        self.send_response(200)
+        self.send_header("Content-Type", SOAP_CONTENT_TYPE)
+        self.send_header("Connection", "close")
+        self.end_headers()
+        piece = b"<s:Envelope>" + b"x" * (64 * 1024 - 12)
+        sent = 0
+        while sent < size:
+            chunk = piece[: size - sent]
+            self.wfile.write(chunk)  # raises once the client hangs up, which ends the connection
+            sent += len(chunk)
 
     # --- response ---------------------------------------------------------------------------------
 
@@ -352,6 +451,9 @@ class WSManHandler(BaseHTTPRequestHandler):
         content_type: str = SOAP_CONTENT_TYPE,
         headers: list[tuple[str, str]] | None = None,
     ) -> None:
+        if self._drip is not None:
+            self._respond_dripping(status, body, content_type, headers or [])
+            return
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         for name, value in headers or []:
@@ -362,3 +464,17 @@ class WSManHandler(BaseHTTPRequestHandler):
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
+
+    def _respond_dripping(self, status: int, body: bytes, content_type: str, headers: list[tuple[str, str]]) -> None:
+        """The whole answer, status line first, one byte every ``_drip`` seconds: each read a client
+        makes succeeds quickly, so only a deadline for the whole request ends it."""
+        lines = [f"HTTP/1.1 {status} {self.responses.get(status, ('',))[0]}", f"Content-Type: {content_type}"]
+        lines += [f"{name}: {value}" for name, value in headers]
+        lines.append(f"Content-Length: {len(body)}")
+        raw = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+        seconds = self._drip or 0.0
+        self._drip = None
+        for index in range(len(raw)):
+            self.wfile.write(raw[index : index + 1])
+            self.wfile.flush()
+            self.server.endpoint.pause(seconds)

@@ -19,6 +19,7 @@ STAT_KEYS: tuple[str, ...] = (
     "soap_faults",  # every SOAP fault answered, timeouts and injected http_500 included
     "injected_faults",  # requests a configured Fault applied to
     "runner_errors",  # the CommandRunner raised or returned something that is not a CommandResult
+    "encrypted_requests",  # requests that arrived with NTLM (SPNEGO) message encryption and decrypted
 )
 
 

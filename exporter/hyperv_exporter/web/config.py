@@ -265,6 +265,8 @@ def parse_web_config(text: str, path: str) -> WebConfig:
         raise parser.error("", None, f"invalid YAML: {exc.problem or exc.context}{where}") from None
     except yaml.YAMLError as exc:
         raise parser.error("", None, f"invalid YAML: {exc}") from None
+    except RecursionError:  # PyYAML composes nested collections recursively
+        raise parser.error("", None, "nested too deeply to be a web configuration") from None
     if root is None:
         return WebConfig(path=path)
     top = parser.mapping(root, "", _TOP_KEYS)

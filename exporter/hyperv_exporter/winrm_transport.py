@@ -1,0 +1,315 @@
+"""pywinrm's HTTP transport, hardened against hostile or broken WinRM listeners.
+
+pywinrm's :class:`winrm.transport.Transport` is fine against a well-behaved Windows host, but a
+listener that misbehaves (or something impersonating one) can hurt the exporter in four ways,
+which :class:`HardenedTransport` closes:
+
+- **Unbounded bodies.** ``requests`` reads every response whole (``response.content``), so a
+  listener could send gigabytes. Bodies are streamed and cut at ``max_response_bytes``
+  (:class:`ResponseTooLarge`); compressed bodies are never inflated (``Accept-Encoding: identity``,
+  and content decoding off): WinRM does not compress, so a ``Content-Encoding`` can only be an attack.
+- **Slow drip.** ``requests`` timeouts are per socket read, so a listener that sends one byte per
+  second never times out. A shared :class:`Watchdog` shuts the transport's sockets down at the
+  probe's deadline, whatever phase the request is in (connect, TLS handshake, headers, body);
+  the request then fails with :class:`DeadlineExceeded`.
+- **DTDs.** pywinrm parses responses with ``xml.etree``, which expands internal entities. SOAP
+  forbids document type declarations, so any response carrying one is refused before parsing.
+- **Encryption downgrade.** With NTLM or Kerberos message encryption, pywinrm accepts a response
+  that is *not* encrypted as if it were; an active attacker on plain HTTP could feed the exporter
+  data that way. A 2xx answer that is not encrypted while encryption is on is refused.
+
+Server certificates are checked against the operating system's trust store when a module gives no
+``ca_file`` (:func:`system_ca_path`), not against certifi's bundle: WinRM listeners carry
+certificates from an internal CA that administrators add to the OS store, and certifi never has.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import itertools
+import logging
+import socket
+import ssl
+import threading
+import time
+import weakref
+from collections.abc import Callable, Generator
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.response import HTTPResponse
+from winrm.transport import HAVE_KERBEROS, Transport
+
+log = logging.getLogger(__name__)
+
+__all__ = ["HAVE_KERBEROS", "DeadlineExceeded", "HardenedTransport", "ResponseTooLarge", "UnsafeResponse"]
+
+DEFAULT_MAX_RESPONSE_BYTES = 4 * 1024 * 1024  # pywinrm asks for 150 KiB envelopes; 4 MiB is ample headroom
+_DTD_MARKERS = (b"<!DOCTYPE", b"<!ENTITY")
+_ENCRYPTED_PROTOCOLS = ("application/HTTP-SPNEGO-session-encrypted", "application/HTTP-CredSSP-session-encrypted")
+
+
+class ResponseTooLarge(requests.exceptions.RequestException):
+    """A WinRM HTTP response body exceeded ``max_response_bytes``."""
+
+
+class DeadlineExceeded(requests.exceptions.Timeout):
+    """The probe deadline passed while an HTTP request was in progress; its sockets were shut down."""
+
+
+class UnsafeResponse(requests.exceptions.RequestException):
+    """A response the exporter refuses to parse (a DTD, or plaintext where encryption was agreed)."""
+
+
+# -- watchdog -------------------------------------------------------------------------------------
+
+
+class Alarm:
+    """One scheduled action; :meth:`cancel` before it fires makes it a no-op."""
+
+    __slots__ = ("_action", "_lock", "cancelled", "fired")
+
+    def __init__(self, action: Callable[[], None]) -> None:
+        self._action = action
+        self._lock = threading.Lock()
+        self.cancelled = False
+        self.fired = False
+
+    def cancel(self) -> bool:
+        """Cancel; returns True if the action already ran."""
+        with self._lock:
+            self.cancelled = True
+            return self.fired
+
+    def fire(self) -> None:
+        with self._lock:
+            if self.cancelled:
+                return
+            self.fired = True
+        try:
+            self._action()
+        except Exception:  # a failing abort must not kill the shared watchdog thread
+            log.debug("watchdog action failed", exc_info=True)
+
+
+class Watchdog:
+    """Runs actions at monotonic times on one shared daemon thread.
+
+    One thread for the whole process instead of a ``threading.Timer`` per HTTP request: a probe
+    makes three requests, and hundreds of hosts are probed concurrently.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._heap: list[tuple[float, int, Alarm]] = []
+        self._order = itertools.count()
+        self._thread: threading.Thread | None = None
+
+    def schedule(self, when: float, action: Callable[[], None]) -> Alarm:
+        alarm = Alarm(action)
+        with self._cond:
+            heapq.heappush(self._heap, (when, next(self._order), alarm))
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="winrm-watchdog", daemon=True)
+                self._thread.start()
+            self._cond.notify()
+        return alarm
+
+    def pending(self) -> int:
+        with self._cond:
+            return sum(1 for _, _, alarm in self._heap if not alarm.cancelled)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while True:
+                    while self._heap and self._heap[0][2].cancelled:
+                        heapq.heappop(self._heap)
+                    if not self._heap:
+                        self._cond.wait()
+                        continue
+                    delay = self._heap[0][0] - time.monotonic()
+                    if delay <= 0:
+                        alarm = heapq.heappop(self._heap)[2]
+                        break
+                    self._cond.wait(delay)
+            alarm.fire()
+
+
+WATCHDOG = Watchdog()
+
+
+# -- connections that can be aborted from another thread ------------------------------------------
+
+
+class _SocketSet:
+    """The sockets one transport has opened (weakly held: urllib3 owns and closes them)."""
+
+    def __init__(self) -> None:
+        self._sockets: weakref.WeakSet[socket.socket] = weakref.WeakSet()
+        self._lock = threading.Lock()
+
+    def add(self, sock: socket.socket | None) -> None:
+        if sock is not None:
+            with self._lock:
+                self._sockets.add(sock)
+
+    def shutdown_all(self) -> None:
+        with self._lock:
+            sockets = list(self._sockets)
+        for sock in sockets:
+            # The plain-socket shutdown, also for TLS sockets: it wakes a thread blocked in recv
+            # without touching the SSL object that thread is using.
+            with contextlib.suppress(OSError, ValueError):
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+
+def _tracked_connection(base: type[HTTPConnection], sockets: _SocketSet) -> type[HTTPConnection]:
+    class Tracked(base):  # type: ignore[valid-type,misc]  # a class built per transport
+        def _new_conn(self) -> socket.socket:
+            sock: socket.socket = super()._new_conn()
+            sockets.add(sock)  # before the TLS handshake, so a stalled handshake can be aborted too
+            return sock
+
+        def connect(self) -> None:
+            super().connect()
+            sockets.add(self.sock)  # the TLS wrapper, once there is one
+
+    return Tracked
+
+
+def _tracked_pool(base: type[HTTPConnectionPool], connection: type[HTTPConnection]) -> type[HTTPConnectionPool]:
+    return type(f"Tracked{base.__name__}", (base,), {"ConnectionCls": connection})
+
+
+class _CappedResponse(HTTPResponse):
+    """urllib3's response, streaming at most ``cap`` body bytes and never inflating them."""
+
+    cap: int = DEFAULT_MAX_RESPONSE_BYTES
+
+    def stream(self, amt: int | None = 2**16, decode_content: bool | None = None) -> Generator[bytes]:
+        received = 0
+        for chunk in super().stream(amt, decode_content=False):
+            received += len(chunk)
+            if received > self.cap:
+                # Unread bytes follow: this connection cannot be reused.
+                with contextlib.suppress(Exception):
+                    self.close()
+                raise ResponseTooLarge(f"WinRM response body exceeds {self.cap} bytes")
+            yield chunk
+
+
+class _HardenedAdapter(HTTPAdapter):
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.sockets = _SocketSet()
+        # One host, one conversation at a time: one pooled connection is all a transport needs.
+        super().__init__(pool_connections=1, pool_maxsize=1, max_retries=0)
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {
+            "http": _tracked_pool(HTTPConnectionPool, _tracked_connection(HTTPConnection, self.sockets)),
+            "https": _tracked_pool(HTTPSConnectionPool, _tracked_connection(HTTPSConnection, self.sockets)),
+        }
+
+    def build_response(self, req: requests.PreparedRequest, resp: Any) -> requests.Response:
+        if isinstance(resp, HTTPResponse) and not isinstance(resp, _CappedResponse):
+            # Swapping the class keeps the object requests_ntlm inspects (it reads the peer
+            # certificate through resp._fp) while bounding what requests reads from it.
+            resp.__class__ = _CappedResponse
+            resp.cap = self.cap  # type: ignore[attr-defined]
+        return super().build_response(req, resp)
+
+
+# -- the transport --------------------------------------------------------------------------------
+
+
+class HardenedTransport(Transport):
+    """pywinrm's Transport with capped bodies, a hard deadline per request and no DTDs or downgrades.
+
+    Built with the same keyword arguments as :class:`winrm.transport.Transport`. Set
+    :attr:`deadline` (``time.monotonic()`` based) before each request; ``None`` means no deadline.
+    """
+
+    def __init__(self, *, max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.max_response_bytes = max_response_bytes
+        self.deadline: float | None = None
+        self._adapter = _HardenedAdapter(max_response_bytes)
+
+    def _harden(self, session: requests.Session) -> None:
+        if session.get_adapter("http://") is not self._adapter:
+            session.mount("http://", self._adapter)
+            session.mount("https://", self._adapter)
+            session.headers["Accept-Encoding"] = "identity"
+
+    def build_session(self) -> requests.Session:
+        session = super().build_session()
+        self._harden(session)
+        return session
+
+    def setup_encryption(self, session: requests.Session) -> None:
+        # Called from inside build_session, before it returns: the set-up request needs the
+        # hardened adapter too.
+        self._harden(session)
+        super().setup_encryption(session)
+
+    def abort(self) -> None:
+        """Shut down every connection of this transport (from any thread)."""
+        self._adapter.sockets.shutdown_all()
+
+    def _send_message_request(
+        self, session: requests.Session, prepared_request: requests.PreparedRequest
+    ) -> requests.Response:
+        deadline = self.deadline
+        if deadline is None:
+            return super()._send_message_request(session, prepared_request)
+        if deadline - time.monotonic() <= 0:
+            raise DeadlineExceeded("the probe deadline passed before the request was sent")
+        alarm = WATCHDOG.schedule(deadline, self.abort)
+        try:
+            response = super()._send_message_request(session, prepared_request)
+        except (requests.exceptions.RequestException, OSError) as exc:
+            if alarm.cancel():
+                raise DeadlineExceeded("the probe deadline passed during the request") from exc
+            raise
+        finally:
+            fired = alarm.cancel()
+        if fired:
+            # A connection shut down mid-answer can look complete: http.client takes end of file
+            # in the headers for their end, and then reads a body of unknown length up to it.
+            raise DeadlineExceeded("the probe deadline passed during the request")
+        return response
+
+    def _get_message_response_text(self, response: requests.Response) -> bytes:
+        if self.encryption is not None and 200 <= response.status_code < 300:
+            content_type = response.headers.get("Content-Type", "")
+            if not any(f'protocol="{p}"' in content_type for p in _ENCRYPTED_PROTOCOLS):
+                raise UnsafeResponse("the listener answered in plaintext although message encryption is on")
+        text: bytes = super()._get_message_response_text(response)
+        if any(marker in text for marker in _DTD_MARKERS):
+            raise UnsafeResponse("the response carries a document type declaration, which SOAP forbids")
+        return text
+
+
+@lru_cache(maxsize=1)
+def system_ca_path() -> str | None:
+    """The operating system's CA bundle (file or hashed directory), or None to fall back to certifi."""
+    paths = ssl.get_default_verify_paths()  # honours SSL_CERT_FILE / SSL_CERT_DIR, as OpenSSL does
+    candidates = (
+        paths.cafile,
+        "/etc/ssl/certs/ca-certificates.crt",  # Debian, Ubuntu, Alpine
+        "/etc/pki/tls/certs/ca-bundle.crt",  # RHEL, Fedora
+        paths.capath,
+    )
+    for candidate in candidates:
+        if candidate and (Path(candidate).is_file() or Path(candidate).is_dir()):
+            return candidate
+    return None
