@@ -16,15 +16,15 @@ followed by the families of every enabled collector that succeeded.
 
 from __future__ import annotations
 
+import itertools
 import logging
-from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import Metric
 
 from hyperv_exporter import logutil
 from hyperv_exporter.collectors import COLLECTORS
-from hyperv_exporter.collectors.base import CollectorContext
+from hyperv_exporter.collectors.base import CollectorContext, Escaped, Family, single
 from hyperv_exporter.probe import ProbeResult
 
 log = logging.getLogger(__name__)
@@ -50,76 +50,82 @@ def collector_failure(name: str, result: ProbeResult) -> str | None:
     return None
 
 
-class ProbeCollector:
-    """Yields every family for one probe result (registered on a fresh registry per request)."""
+@dataclass
+class _Output:
+    """One probe's families in exposition order, and their text."""
 
-    def __init__(self, result: ProbeResult, timeout: float, last_success: float | None) -> None:
-        self.result = result
-        self.timeout = timeout
-        self.last_success = last_success
+    families: list[Family]
+    text: str
 
-    def collect(self) -> Iterator[Metric]:
-        result = self.result
-        yield GaugeMetricFamily(
-            "hyperv_up", "1 when the Hyper-V host answered over WinRM and its output parsed, else 0.",
-            value=1.0 if result.ok else 0.0,
-        )  # fmt: skip
-        yield GaugeMetricFamily(
-            "hyperv_probe_duration_seconds",
-            "How long the WinRM conversation for this probe took.",
-            value=result.duration,
-        )
-        yield GaugeMetricFamily(
-            "hyperv_probe_timeout_seconds", "The deadline this probe had (module timeout or scrape timeout).",
-            value=self.timeout,
-        )  # fmt: skip
-        yield GaugeMetricFamily(
-            "hyperv_probe_winrm_requests", "HTTP requests the WinRM conversation took (3 with a kept shell).",
-            value=float(result.requests),
-        )  # fmt: skip
-        if self.last_success is not None:
-            yield GaugeMetricFamily(
+
+def _probe_families(result: ProbeResult, timeout: float, last_success: float | None) -> list[Family]:
+    families = [
+        single("hyperv_up", "1 when the Hyper-V host answered over WinRM and its output parsed, else 0.",
+               1.0 if result.ok else 0.0),
+        single("hyperv_probe_duration_seconds", "How long the WinRM conversation for this probe took.",
+               result.duration),
+        single("hyperv_probe_timeout_seconds", "The deadline this probe had (module timeout or scrape timeout).",
+               timeout),
+        single("hyperv_probe_winrm_requests", "HTTP requests the WinRM conversation took (3 with a kept shell).",
+               float(result.requests)),
+    ]  # fmt: skip
+    if last_success is not None:
+        families.append(
+            single(
                 "hyperv_last_success_timestamp_seconds",
                 "When the data served here was collected from the host (Unix time).",
-                value=self.last_success,
+                last_success,
             )
-        success = GaugeMetricFamily(
-            "hyperv_collector_success", "Whether a collector's part of the probe succeeded.", labels=["collector"]
         )
-        duration = GaugeMetricFamily(
-            "hyperv_collector_duration_seconds",
-            "Time the collector's queries took on the host.",
-            labels=["collector"],
-        )
-        families: list[Metric] = []
-        report = result.report
-        for name in result.collectors:
-            failure = collector_failure(name, result)
-            ok = failure is None
-            if ok and report is not None:
-                ctx = CollectorContext(report=report, clock=result.clock)
-                try:
-                    families.extend(COLLECTORS[name]().collect(ctx))
-                except Exception:
-                    log.exception("collector failed", extra=logutil.fields(collector=name, target=result.target))
-                    ok = False
-            success.add_metric([name], 1.0 if ok else 0.0)
-            if report is not None:
-                section = report.sections.get(COLLECTORS[name].sections[0] if COLLECTORS[name].sections else "vm")
-                if section is not None and section.seconds is not None:
-                    duration.add_metric([name], section.seconds)
-        yield success
-        yield duration
-        yield from families
+    return families
+
+
+def _collect(result: ProbeResult, timeout: float, last_success: float | None) -> _Output:
+    """Every family for one probe result, rendered (byte for byte what ``generate_latest`` would write)."""
+    escaped = Escaped()
+    head = _probe_families(result, timeout, last_success)
+    success = Family("hyperv_collector_success", "Whether a collector's part of the probe succeeded.", ("collector",))
+    duration = Family(
+        "hyperv_collector_duration_seconds", "Time the collector's queries took on the host.", ("collector",)
+    )
+    families: list[Family] = []
+    lines: list[str] = []  # the collectors' text; the head goes in front once success and duration are known
+    report = result.report
+    for name in result.collectors:
+        failure = collector_failure(name, result)
+        ok = failure is None
+        if ok and report is not None:
+            ctx = CollectorContext(report=report, clock=result.clock)
+            mark = len(lines)
+            try:
+                produced = COLLECTORS[name]().collect(ctx)
+                # Rendered here rather than at the end, so that data a collector cannot render
+                # costs that collector's families only (hyperv_collector_success 0), not the probe.
+                for family in produced:
+                    family.render_into(lines, escaped)
+            except Exception:
+                log.exception("collector failed", extra=logutil.fields(collector=name, target=result.target))
+                del lines[mark:]
+                ok = False
+            else:
+                families.extend(produced)
+        success.add((name,), 1.0 if ok else 0.0)
+        if report is not None:
+            section = report.sections.get(COLLECTORS[name].sections[0] if COLLECTORS[name].sections else "vm")
+            if section is not None and section.seconds is not None:
+                duration.add((name,), section.seconds)
+    head += [success, duration]
+    head_lines: list[str] = []
+    for family in head:
+        family.render_into(head_lines, escaped)
+    return _Output([*head, *families], "".join(itertools.chain(head_lines, lines)))
 
 
 def render(result: ProbeResult, timeout: float) -> bytes:
     last_success = result.started + result.duration if result.ok else None
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(ProbeCollector(result, timeout, last_success))
-    return generate_latest(registry)
+    return _collect(result, timeout, last_success).text.encode("utf-8")
 
 
-def families(result: ProbeResult, timeout: float) -> Iterable[Metric]:
-    """The same families as :func:`render`, for tests and the docs generator."""
-    return list(ProbeCollector(result, timeout, None).collect())
+def families(result: ProbeResult, timeout: float) -> list[Metric]:
+    """The same families as :func:`render`, as prometheus_client objects, for tests and the docs generator."""
+    return [f.to_metric() for f in _collect(result, timeout, None).families]

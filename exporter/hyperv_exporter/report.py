@@ -18,6 +18,7 @@ import base64
 import binascii
 import json
 import logging
+import sys
 import zlib
 from collections.abc import Mapping
 from typing import Any
@@ -120,6 +121,15 @@ class _Fields:
         self._wrong(key, "a string")
         return None
 
+    def shared(self, key: str) -> str | None:
+        """:meth:`text` for values that repeat across VMs (service names, statuses, versions).
+
+        Interned, so that every report (and the probe history keeps up to 100 of them) holds one
+        copy of "Heartbeat" or "Operating normally" instead of one per VM: a third of a report's memory.
+        """
+        value = self.text(key)
+        return None if value is None else sys.intern(value)
+
     def number(self, key: str) -> float | None:
         value = self.obj.get(key)
         if value is None:
@@ -197,12 +207,12 @@ def _services(vm: _Fields, where: str) -> list[IntegrationService] | None:
         result.append(
             IntegrationService(
                 service=service,
-                display_name=f.text("Name") or service,
+                display_name=f.shared("Name") or service,
                 enabled=f.boolean("Enabled"),
                 primary_status=f.enum("PrimaryOperationalStatus", enums.IC_STATUSES),
                 secondary_status=None if secondary is None else enums.label_for(secondary, enums.IC_STATUSES),
-                primary_description=f.text("PrimaryStatusDescription"),
-                secondary_description=f.text("SecondaryStatusDescription"),
+                primary_description=f.shared("PrimaryStatusDescription"),
+                secondary_description=f.shared("SecondaryStatusDescription"),
             )
         )
     return result
@@ -297,13 +307,13 @@ def _vm(
         name=name,
         id=vm_id.strip().strip("{}").lower(),
         state=f.enum("State", enums.VM_STATES),
-        status=f.text("Status"),
+        status=f.shared("Status"),
         heartbeat=enums.UNKNOWN if heartbeat_raw is None else f.enum("Heartbeat", enums.HEARTBEAT_STATUSES),
         uptime_seconds=f.number("UptimeSeconds"),
-        integration_services_version=f.text("IntegrationServicesVersion"),
+        integration_services_version=f.shared("IntegrationServicesVersion"),
         integration_services_state=is_state,
         generation=f.integer("Generation"),
-        version=f.text("Version"),
+        version=f.shared("Version"),
         is_clustered=f.boolean("IsClustered"),
         integration_services=_services(f, where),
         kvp=_kvp(f, where, kvp_filter, kvp_sources),

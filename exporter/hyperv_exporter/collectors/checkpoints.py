@@ -10,11 +10,7 @@ their differencing disks until the volume is full.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-from prometheus_client.core import Metric
-
-from hyperv_exporter.collectors.base import Collector, CollectorContext, gauge, vm_labels
+from hyperv_exporter.collectors.base import Collector, CollectorContext, Family, gauge, vm_labels
 from hyperv_exporter.report import REPLICA_SNAPSHOT_TYPES
 
 
@@ -23,7 +19,7 @@ class CheckpointsCollector(Collector):
     help = "Checkpoint count and oldest checkpoint per VM, replica recovery points excluded (Get-VMSnapshot)"
     sections = ("checkpoints",)
 
-    def collect(self, ctx: CollectorContext) -> Iterator[Metric]:
+    def collect(self, ctx: CollectorContext) -> list[Family]:
         count = gauge(
             "hyperv_vm_checkpoints",
             "Checkpoints of the VM (Get-VMSnapshot), Hyper-V Replica recovery points excluded.",
@@ -38,8 +34,8 @@ class CheckpointsCollector(Collector):
                 continue
             labels = vm_labels(vm)
             user = [c for c in vm.checkpoints if c.snapshot_type not in REPLICA_SNAPSHOT_TYPES]
-            count.add_metric(labels, float(len(user)))
+            count.add(labels, float(len(user)))
             times = [c.creation_timestamp for c in user if c.creation_timestamp is not None]
             if times:
-                oldest.add_metric(labels, min(times))
-        yield from (count, oldest)
+                oldest.add(labels, min(times))
+        return [count, oldest]

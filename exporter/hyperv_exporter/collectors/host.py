@@ -8,11 +8,7 @@ hyperv_host_time_offset_uncertainty_seconds 0.0009
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
-
-from hyperv_exporter.collectors.base import Collector, CollectorContext
+from hyperv_exporter.collectors.base import Collector, CollectorContext, Family, single
 
 
 def host_clock_offset(sent: float, script_start: float, script_end: float, received: float) -> tuple[float, float]:
@@ -34,29 +30,33 @@ class HostCollector(Collector):
     sections = ("host",)
     needs_vms = False
 
-    def collect(self, ctx: CollectorContext) -> Iterator[Metric]:
+    def collect(self, ctx: CollectorContext) -> list[Family]:
         host = ctx.report.host
-        info = InfoMetricFamily(
+        info = Family(
             "hyperv_host",
             "Facts about the Hyper-V host (Win32_OperatingSystem Caption and Version, Get-UICulture).",
-            labels=["host_name", "os_caption", "os_version", "ui_culture"],
+            ("host_name", "os_caption", "os_version", "ui_culture"),
+            kind="info",
         )
-        info.add_metric(
-            [host.computer_name or "", host.os_caption or "", host.os_version or "", host.ui_culture or ""], {}
-        )
-        yield info
+        info.add((host.computer_name or "", host.os_caption or "", host.os_version or "", host.ui_culture or ""), 1.0)
+        families = [info]
         report, clock = ctx.report, ctx.clock
         if clock is not None and report.clock_start is not None and report.clock_end is not None:
             offset, uncertainty = host_clock_offset(clock.sent, report.clock_start, report.clock_end, clock.received)
-            yield GaugeMetricFamily(
-                "hyperv_host_time_offset_seconds",
-                "Host clock minus the exporter's clock, from the midpoint of the WinRM exchange "
-                "(positive: the host is ahead).",
-                value=offset,
+            families.append(
+                single(
+                    "hyperv_host_time_offset_seconds",
+                    "Host clock minus the exporter's clock, from the midpoint of the WinRM exchange "
+                    "(positive: the host is ahead).",
+                    offset,
+                )
             )
-            yield GaugeMetricFamily(
-                "hyperv_host_time_offset_uncertainty_seconds",
-                "Half the round trip of the exchange the host clock offset was measured in, excluding "
-                "the script's run time: the offset is exact to within this.",
-                value=uncertainty,
+            families.append(
+                single(
+                    "hyperv_host_time_offset_uncertainty_seconds",
+                    "Half the round trip of the exchange the host clock offset was measured in, excluding "
+                    "the script's run time: the offset is exact to within this.",
+                    uncertainty,
+                )
             )
+        return families

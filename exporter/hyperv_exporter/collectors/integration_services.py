@@ -12,13 +12,10 @@ guest_service_interface, so that VM simply has no such series.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from hyperv_exporter.collectors.base import VM_LABELS, Collector, CollectorContext, Family, gauge
 
-from prometheus_client.core import Metric
-
-from hyperv_exporter.collectors.base import VM_LABELS, Collector, CollectorContext, gauge, vm_labels
-
-SERVICE_LABELS = (*VM_LABELS, "service")
+# In sorted order (see collectors.base.VM_LABELS).
+SERVICE_LABELS = ("service", *VM_LABELS)
 
 
 class IntegrationServicesCollector(Collector):
@@ -26,7 +23,7 @@ class IntegrationServicesCollector(Collector):
     help = "Integration services per VM: enabled, primary/secondary operational status (Get-VMIntegrationService)"
     sections = ("integration_services",)
 
-    def collect(self, ctx: CollectorContext) -> Iterator[Metric]:
+    def collect(self, ctx: CollectorContext) -> list[Family]:
         enabled = gauge(
             "hyperv_vm_integration_service_enabled",
             "Whether the integration service is enabled for the VM on the host (Get-VMIntegrationService Enabled).",
@@ -43,13 +40,13 @@ class IntegrationServicesCollector(Collector):
             "Detailed operational status of the integration service as snake_case labels "
             "(PrimaryOperationalStatus, SecondaryOperationalStatus; secondary is the guest's application "
             "health, reported by heartbeat only).",
-            [*SERVICE_LABELS, "primary_status", "secondary_status"],
+            ("primary_status", "secondary_status", *SERVICE_LABELS),
         )
         for vm in ctx.report.vms:
             for ic in vm.integration_services or ():
-                labels = [*vm_labels(vm), ic.service]
+                labels = (ic.service, vm.name, vm.id)
                 if ic.enabled is not None:
-                    enabled.add_metric(labels, 1.0 if ic.enabled else 0.0)
-                ok.add_metric(labels, 1.0 if ic.primary_status == "ok" else 0.0)
-                status.add_metric([*labels, ic.primary_status, ic.secondary_status or ""], 1.0)
-        yield from (enabled, ok, status)
+                    enabled.add(labels, 1.0 if ic.enabled else 0.0)
+                ok.add(labels, 1.0 if ic.primary_status == "ok" else 0.0)
+                status.add((ic.primary_status, ic.secondary_status or "", *labels), 1.0)
+        return [enabled, ok, status]

@@ -10,11 +10,7 @@ component and therefore no series here.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-from prometheus_client.core import Metric
-
-from hyperv_exporter.collectors.base import VM_LABELS, Collector, CollectorContext, gauge, vm_labels
+from hyperv_exporter.collectors.base import VM_LABELS, Collector, CollectorContext, Family, gauge
 
 
 class KvpCollector(Collector):
@@ -22,15 +18,14 @@ class KvpCollector(Collector):
     help = "Allowlisted KVP items (Msvm_KvpExchangeComponent, Msvm_KvpExchangeComponentSettingData)"
     sections = ("kvp",)
 
-    def collect(self, ctx: CollectorContext) -> Iterator[Metric]:
+    def collect(self, ctx: CollectorContext) -> list[Family]:
         family = gauge(
             "hyperv_vm_kvp_info",
             "Allowlisted Data Exchange (KVP) items; source is guest_intrinsic (GuestIntrinsicExchangeItems), "
             "guest (GuestExchangeItems) or host (HostExchangeItems). Values are written by the guest: untrusted.",
-            [*VM_LABELS, "source", "key", "value"],
+            ("key", "source", "value", *VM_LABELS),  # sorted (see collectors.base)
         )
         for vm in ctx.report.vms:
-            labels = vm_labels(vm)
             for item in vm.kvp or ():
-                family.add_metric([*labels, item.source, item.key, item.value], 1.0)
-        yield family
+                family.add((item.key, item.source, item.value, vm.name, vm.id), 1.0)
+        return [family]

@@ -12,12 +12,8 @@ per-VM series count of an ordinary host unchanged. A replica VM is off by design
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-from prometheus_client.core import Metric
-
 from hyperv_exporter import enums
-from hyperv_exporter.collectors.base import VM_LABELS, Collector, CollectorContext, add_enum, gauge, vm_labels
+from hyperv_exporter.collectors.base import Collector, CollectorContext, Family, enum_gauge, gauge, vm_labels
 
 
 class ReplicationCollector(Collector):
@@ -25,21 +21,24 @@ class ReplicationCollector(Collector):
     help = "Hyper-V Replica mode, state, health and last replication time per replicated VM"
     sections = ("replication",)
 
-    def collect(self, ctx: CollectorContext) -> Iterator[Metric]:
-        mode = gauge(
+    def collect(self, ctx: CollectorContext) -> list[Family]:
+        mode = enum_gauge(
             "hyperv_vm_replication_mode",
             "Replication mode of the VM (Get-VM ReplicationMode); only for replicated VMs. 1 for the current mode.",
-            [*VM_LABELS, "mode"],
+            "mode",
+            enums.REPLICATION_MODES,
         )
-        state = gauge(
+        state = enum_gauge(
             "hyperv_vm_replication_state",
             "Replication state of the VM (Get-VM ReplicationState as snake_case). 1 for the current state.",
-            [*VM_LABELS, "state"],
+            "state",
+            enums.REPLICATION_STATES,
         )
-        health = gauge(
+        health = enum_gauge(
             "hyperv_vm_replication_health",
             "Replication health of the VM (Get-VM ReplicationHealth). 1 for the current health.",
-            [*VM_LABELS, "health"],
+            "health",
+            enums.REPLICATION_HEALTHS,
         )
         last = gauge(
             "hyperv_vm_replication_last_success_timestamp_seconds",
@@ -50,9 +49,9 @@ class ReplicationCollector(Collector):
             if r is None or r.mode == "none":
                 continue
             labels = vm_labels(vm)
-            add_enum(mode, labels, enums.REPLICATION_MODES, r.mode)
-            add_enum(state, labels, enums.REPLICATION_STATES, r.state)
-            add_enum(health, labels, enums.REPLICATION_HEALTHS, r.health)
+            mode.set(labels, r.mode)
+            state.set(labels, r.state)
+            health.set(labels, r.health)
             if r.last_replication_timestamp is not None:
-                last.add_metric(labels, r.last_replication_timestamp)
-        yield from (mode, state, health, last)
+                last.add(labels, r.last_replication_timestamp)
+        return [mode, state, health, last]

@@ -10,11 +10,7 @@ hyperv_vm_dynamic_memory_enabled{vm="web01",vm_id="..."} 0
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-from prometheus_client.core import Metric
-
-from hyperv_exporter.collectors.base import Collector, CollectorContext, gauge, vm_labels
+from hyperv_exporter.collectors.base import Collector, CollectorContext, Family, gauge, vm_labels
 
 _FIELDS = (
     ("hyperv_vm_processors", "Virtual processors assigned to the VM (Get-VM ProcessorCount).", "processor_count"),
@@ -43,7 +39,7 @@ class ResourcesCollector(Collector):
     help = "Processor count, CPU usage and memory per VM (Get-VM)"
     sections = ("resources",)
 
-    def collect(self, ctx: CollectorContext) -> Iterator[Metric]:
+    def collect(self, ctx: CollectorContext) -> list[Family]:
         families = [(gauge(name, doc), attr) for name, doc, attr in _FIELDS]
         for vm in ctx.report.vms:
             if vm.resources is None:
@@ -52,6 +48,5 @@ class ResourcesCollector(Collector):
             for family, attr in families:
                 value = getattr(vm.resources, attr)
                 if value is not None:
-                    family.add_metric(labels, float(value))
-        for family, _ in families:
-            yield family
+                    family.add(labels, float(value))
+        return [family for family, _ in families]

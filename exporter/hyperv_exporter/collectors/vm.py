@@ -10,12 +10,8 @@ hyperv_vm_uptime_seconds{vm="web01",vm_id="8e3ece81-..."} 311352.37
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-from prometheus_client.core import InfoMetricFamily, Metric
-
 from hyperv_exporter import enums
-from hyperv_exporter.collectors.base import VM_LABELS, Collector, CollectorContext, add_enum, gauge, vm_labels
+from hyperv_exporter.collectors.base import VM_LABELS, Collector, CollectorContext, Family, enum_gauge, gauge, vm_labels
 
 
 class VMCollector(Collector):
@@ -23,45 +19,50 @@ class VMCollector(Collector):
     help = "VM state, heartbeat, uptime and integration services version (Get-VM)"
     sections = ("vm",)
 
-    def collect(self, ctx: CollectorContext) -> Iterator[Metric]:
-        info = InfoMetricFamily(
+    def collect(self, ctx: CollectorContext) -> list[Family]:
+        # Label names in sorted order, values passed in the same order: see collectors.base.VM_LABELS.
+        info = Family(
             "hyperv_vm",
             "Facts about a VM (Get-VM Generation, Version, IntegrationServicesVersion).",
-            labels=[*VM_LABELS, "generation", "config_version", "integration_services_version"],
+            ("config_version", "generation", "integration_services_version", *VM_LABELS),
+            kind="info",
         )
-        state = gauge(
+        state = enum_gauge(
             "hyperv_vm_state",
             "VM state (Get-VM State as snake_case; *_critical means Hyper-V lost access to the VM's storage). "
             "1 for the current state.",
-            [*VM_LABELS, "state"],
+            "state",
+            enums.VM_STATES,
         )
-        heartbeat = gauge(
+        heartbeat = enum_gauge(
             "hyperv_vm_heartbeat",
             "Heartbeat integration service status (Get-VM Heartbeat as snake_case; unknown when the VM is off). "
             "ok_applications_unknown is what Linux guests report. 1 for the current status.",
-            [*VM_LABELS, "status"],
+            "status",
+            enums.HEARTBEAT_STATUSES,
         )
-        is_state = gauge(
+        is_state = enum_gauge(
             "hyperv_vm_integration_services_state",
             "Whether the guest's integration services are current (Get-VM IntegrationServicesState). "
             "1 for the current state.",
-            [*VM_LABELS, "state"],
+            "state",
+            enums.IS_STATES,
         )
         uptime = gauge("hyperv_vm_uptime_seconds", "Time since the VM was started (Get-VM Uptime); 0 when off.")
         for vm in ctx.report.vms:
             labels = vm_labels(vm)
-            info.add_metric(
-                [
-                    *labels,
-                    "" if vm.generation is None else str(vm.generation),
+            info.add(
+                (
                     vm.version or "",
+                    "" if vm.generation is None else str(vm.generation),
                     vm.integration_services_version or "",
-                ],
-                {},
+                    *labels,
+                ),
+                1.0,
             )
-            add_enum(state, labels, enums.VM_STATES, vm.state)
-            add_enum(heartbeat, labels, enums.HEARTBEAT_STATUSES, vm.heartbeat)
-            add_enum(is_state, labels, enums.IS_STATES, vm.integration_services_state)
+            state.set(labels, vm.state)
+            heartbeat.set(labels, vm.heartbeat)
+            is_state.set(labels, vm.integration_services_state)
             if vm.uptime_seconds is not None:
-                uptime.add_metric(labels, vm.uptime_seconds)
-        yield from (info, state, heartbeat, is_state, uptime)
+                uptime.add(labels, vm.uptime_seconds)
+        return [info, state, heartbeat, is_state, uptime]

@@ -15,6 +15,7 @@ against the real shape, quirks included:
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -33,17 +34,29 @@ _ESCAPES = {
 }
 
 
+_CONTROL = re.compile("[\x00-\x1f]")
+
+
+def _control(match: re.Match[str]) -> str:
+    ch = match.group()
+    return _ESCAPES.get(ch) or f"\\u{ord(ch):04x}"
+
+
 def _string(text: str) -> str:
-    out = []
-    for ch in text:
-        escaped = _ESCAPES.get(ch)
-        if escaped is not None:
-            out.append(escaped)
-        elif ord(ch) < 0x20:
-            out.append(f"\\u{ord(ch):04x}")
-        else:
-            out.append(ch)
-    return '"' + "".join(out) + '"'
+    # str.replace passes (in C) instead of a Python loop per character: a 1,000-VM document is 12 MB,
+    # mostly KVP XML, and the loop made every simulated answer take 0.7 s. The backslash goes first,
+    # because the other escapes introduce backslashes.
+    text = (
+        text.replace("\\", "\\\\")
+        .replace('"', '\\"')
+        .replace("<", "\\u003c")
+        .replace(">", "\\u003e")
+        .replace("&", "\\u0026")
+        .replace("'", "\\u0027")
+    )
+    if _CONTROL.search(text):
+        text = _CONTROL.sub(_control, text)
+    return '"' + text + '"'
 
 
 def _scalar(value: Any) -> str:

@@ -332,7 +332,9 @@ class _ConnectionHandler(http.server.BaseHTTPRequestHandler):
         elif len(body) > GZIP_MIN_SIZE:
             headers.setdefault("vary", ("Vary", "Accept-Encoding"))
             if "content-encoding" not in headers and _accepts_gzip(self.headers.get("Accept-Encoding", "")):
-                body = gzip.compress(body, compresslevel=6, mtime=0)
+                # Level 1: a third of level 6's CPU (24 vs 66 ms for a 1,000-VM host's 8 MiB) for a body
+                # about 12 % larger; docs/performance.md.
+                body = gzip.compress(body, compresslevel=1, mtime=0)
                 headers["content-encoding"] = ("Content-Encoding", "gzip")
         self.connection.settimeout(WRITE_TIMEOUT)
         self.send_response_only(status)

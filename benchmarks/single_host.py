@@ -1,0 +1,249 @@
+"""One host with N VMs: where a probe's time goes, what it costs the exporter, and the two baselines.
+
+Per size, against a generated host served by the simulator in its own process:
+
+1. **In-process split.** The exporter's own code (``WinRMSession``, ``report``, ``exposition``) runs in
+   this process, one phase at a time: WinRM exchange (wall time, and the CPU time this thread spent
+   in pywinrm/requests: the rest of the exchange is waiting for the host), decode + parse, render.
+2. **End to end.** The real exporter, as its own process, is probed over HTTP as Prometheus does
+   (gzip, scrape-timeout header); its CPU time per probe from /proc is the *exporter overhead*:
+   everything it does except waiting for the host (WinRM client, parsing, rendering, HTTP, gzip).
+3. **Floor.** prometheus_client's ``generate_latest`` rendering the same families, already built.
+4. **Go anchor.** Debian's prometheus-node-exporter serving the same exposition from its textfile
+   collector, scraped the same way; median wall time and its CPU time per scrape.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import (
+    fetch,
+    free_port,
+    median,
+    process_cpu_seconds,
+    process_memory,
+    prometheus_headers,
+    stop,
+    wait_http,
+)
+from benchmarks.stack import MODULE, Stack
+from hyperv_exporter import cimxml, exposition, report, script
+from hyperv_exporter.collectors import COLLECTORS, DEFAULT_COLLECTORS, sections_for
+from hyperv_exporter.collectors.base import ClockExchange
+from hyperv_exporter.config import load_config
+from hyperv_exporter.model import HostReport
+from hyperv_exporter.probe import ProbeResult
+from hyperv_exporter.winrm_client import WinRMSession
+
+NODE_EXPORTER = "/usr/bin/prometheus-node-exporter"
+TIMEOUT = 120.0
+# Series that do not belong to a VM: hyperv_up, probe duration/timeout/requests, last success,
+# collector success and duration (7 collectors each), host info, clock offset and its uncertainty.
+HOST_SERIES_PREFIXES = (b"hyperv_up", b"hyperv_probe_", b"hyperv_last_", b"hyperv_collector_", b"hyperv_host_")
+
+
+@dataclass
+class Phase:
+    wall: list[float] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)
+
+    def add(self, wall: float, cpu: float) -> None:
+        self.wall.append(wall)
+        self.cpu.append(cpu)
+
+
+@dataclass
+class SizeResult:
+    vms: int
+    exchange: Phase = field(default_factory=Phase)
+    parse: Phase = field(default_factory=Phase)
+    render: Phase = field(default_factory=Phase)
+    requests_first: int = 0
+    requests_steady: int = 0
+    sim_requests_first: int = 0
+    sim_requests_steady: int = 0
+    stdout_bytes: int = 0  # what crossed WinRM (gzip + base64)
+    json_bytes: int = 0
+    exposition_bytes: int = 0
+    exposition_gzip_bytes: int = 0
+    samples: int = 0
+    series_per_vm: float = 0.0
+    family_series: dict[str, float] = field(default_factory=dict)
+    e2e_wall: list[float] = field(default_factory=list)
+    e2e_cpu_per_probe: float = 0.0
+    exporter_rss: int = 0
+    floor_render: float = 0.0
+    node_wall: float = 0.0
+    node_cpu_per_scrape: float = 0.0
+    node_ok: bool = False
+    problems: int = 0
+    profile: str = ""
+
+    @property
+    def overhead(self) -> float:
+        """Exporter CPU per probe, measured on the exporter process (the target's numerator)."""
+        return self.e2e_cpu_per_probe
+
+
+def _timed(fn: Callable[[], Any]) -> tuple[Any, float, float]:
+    wall, cpu = time.perf_counter(), time.thread_time()
+    value = fn()
+    return value, time.perf_counter() - wall, time.thread_time() - cpu
+
+
+def _in_process(stack: Stack, result: SizeResult, probes: int, profile: bool) -> bytes:
+    module = load_config(str(stack.config_path)).modules[MODULE]
+    target = stack.targets[0]
+    session = WinRMSession(module.endpoint_url(target), module.winrm, script.script_text())
+    collectors = tuple(c for c in COLLECTORS if c in DEFAULT_COLLECTORS)
+    command, args = script.command_line(sections_for(collectors), module.winrm.gzip)
+    kvp_filter = cimxml.allowlist(module.kvp.keys, module.kvp.max_value_length)
+    sources = frozenset(module.kvp.sources)
+    body = b""
+    try:
+        for index in range(probes):
+            stack.sim_command("reset")
+            deadline = time.monotonic() + TIMEOUT
+            exchange, wall, cpu = _timed(lambda: session.run(command, args, deadline))  # noqa: B023
+            sim_requests = stack.sim_command(f"stats {target}")["requests"]
+            if index == 0:
+                result.requests_first, result.sim_requests_first = exchange.requests, sim_requests
+            else:
+                result.requests_steady, result.sim_requests_steady = exchange.requests, sim_requests
+                result.exchange.add(wall, cpu)
+            result.stdout_bytes = len(exchange.stdout)
+
+            def parse(stdout: bytes = exchange.stdout) -> tuple[str, HostReport]:
+                text = report.decode_output(stdout, module.winrm.max_output_bytes)
+                return text, report.parse_report(text, kvp_filter, sources)
+
+            (text, host_report), wall, cpu = _timed(parse)
+            result.json_bytes, result.problems = len(text.encode("utf-8")), len(host_report.problems)
+            del text
+            probe = ProbeResult(
+                MODULE, target, collectors, time.time(), duration=wall, report=host_report,
+                clock=ClockExchange(exchange.sent, exchange.received), requests=exchange.requests,
+            )  # fmt: skip
+            body, render_wall, render_cpu = _timed(lambda: exposition.render(probe, TIMEOUT))  # noqa: B023
+            if index > 0:
+                result.parse.add(wall, cpu)
+                result.render.add(render_wall, render_cpu)
+        if profile:
+            result.profile = _profile(exchange.stdout, module.winrm.max_output_bytes, kvp_filter, sources, probe)
+        # The floor: prometheus_client rendering the same families, already built.
+        from prometheus_client import CollectorRegistry, generate_latest
+
+        built = exposition.families(probe, TIMEOUT)
+
+        class Prebuilt:
+            def collect(self) -> list[Any]:
+                return built
+
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(Prebuilt())
+        result.floor_render = median([_timed(lambda: generate_latest(registry))[1] for _ in range(max(2, probes - 1))])
+        counts = Counter(s.name for f in built for s in f.samples)
+        result.family_series = {name: n / max(1, result.vms) for name, n in counts.items()}
+    finally:
+        session.close()
+    return body
+
+
+def _profile(stdout: bytes, cap: int, kvp_filter: cimxml.KvpFilter, sources: frozenset[str], probe: ProbeResult) -> str:
+    """The top of a pyinstrument profile of decode + parse + render (three rounds)."""
+    try:
+        from pyinstrument import Profiler
+    except ImportError:
+        return "(pyinstrument is not installed: scripts/setup-venv.sh bench)"
+    profiler = Profiler(interval=0.0005)
+    profiler.start()
+    for _ in range(3):
+        host_report = report.parse_report(report.decode_output(stdout, cap), kvp_filter, sources)
+        exposition.render(
+            ProbeResult(MODULE, probe.target, probe.collectors, probe.started, report=host_report, clock=probe.clock),
+            TIMEOUT,
+        )
+    profiler.stop()
+    lines = profiler.output_text(unicode=False, color=False, short_mode=False).splitlines()
+    return "\n".join(line.rstrip() for line in lines if line.strip())
+
+
+def _end_to_end(stack: Stack, result: SizeResult, probes: int) -> None:
+    assert stack.exporter is not None
+    pid, url = stack.exporter.pid, stack.probe_url(stack.targets[0])
+    headers = prometheus_headers(TIMEOUT)
+    first = fetch(url, headers, timeout=TIMEOUT + 10)  # warm-up: imports, shell creation
+    if b"hyperv_up 1.0" not in first.body:
+        raise RuntimeError(f"probe of {result.vms} VMs failed: {first.body[:300]!r}")
+    cpu_before = process_cpu_seconds(pid)
+    for _ in range(probes):
+        result.e2e_wall.append(fetch(url, headers, timeout=TIMEOUT + 10).seconds)
+    result.e2e_cpu_per_probe = (process_cpu_seconds(pid) - cpu_before) / probes
+    result.exporter_rss = process_memory(pid)[0]
+
+
+def _node_exporter(body: bytes, result: SizeResult, scrapes: int) -> None:
+    if not Path(NODE_EXPORTER).exists():
+        return
+    with tempfile.TemporaryDirectory(prefix="bench-textfile-") as directory:
+        Path(directory, "hyperv.prom").write_bytes(body)
+        port = free_port()
+        process = subprocess.Popen(
+            [
+                NODE_EXPORTER, "--collector.disable-defaults", "--collector.textfile",
+                f"--collector.textfile.directory={directory}", f"--web.listen-address=127.0.0.1:{port}",
+                "--web.disable-exporter-metrics", "--log.level=error",
+            ],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            url = f"http://127.0.0.1:{port}/metrics"
+            wait_http(f"http://127.0.0.1:{port}/")  # not /metrics: a large textfile takes seconds per scrape
+            warm = fetch(url, prometheus_headers(TIMEOUT))
+            result.node_ok = b"node_textfile_scrape_error 0" in warm.body
+            cpu_before = process_cpu_seconds(process.pid)
+            walls = [fetch(url, prometheus_headers(TIMEOUT), timeout=TIMEOUT).seconds for _ in range(scrapes)]
+            result.node_cpu_per_scrape = (process_cpu_seconds(process.pid) - cpu_before) / scrapes
+            result.node_wall = median(walls)
+        finally:
+            stop(process)
+
+
+def run_size(
+    workdir: Path, vms: int, probes: int, profile: bool = False, log: Callable[[str], None] = print
+) -> SizeResult:
+    result = SizeResult(vms=vms)
+    size_dir = workdir / f"host-{vms}"
+    size_dir.mkdir(parents=True, exist_ok=True)
+    with Stack(size_dir, 1, vms, run_seconds=0.0, timeout=TIMEOUT) as stack:
+        log(f"  {vms} VMs: in-process split ({probes} probes)")
+        body = _in_process(stack, result, probes, profile)
+        log(f"  {vms} VMs: exporter process ({probes} probes)")
+        _end_to_end(stack, result, probes)
+    lines = [line for line in body.split(b"\n") if line and not line.startswith(b"#")]
+    result.samples = len(lines)
+    vm_lines = [line for line in lines if not line.startswith(HOST_SERIES_PREFIXES)]
+    result.series_per_vm = len(vm_lines) / max(1, vms)
+    result.exposition_bytes = len(body)
+    import gzip
+
+    result.exposition_gzip_bytes = len(gzip.compress(body, compresslevel=6, mtime=0))
+    log(f"  {vms} VMs: node_exporter textfile baseline")
+    _node_exporter(body, result, scrapes=max(3, probes))
+    return result
+
+
+def node_exporter_version() -> str:
+    if not shutil.which(NODE_EXPORTER):
+        return "not installed"
+    out = subprocess.run([NODE_EXPORTER, "--version"], capture_output=True, text=True, check=False)
+    return (out.stdout or out.stderr).splitlines()[0] if (out.stdout or out.stderr) else "unknown"
