@@ -19,7 +19,7 @@ def test_demo_serves_every_demo_vm_with_correct_labels(demo: Running) -> None:
 
     base = demo.server.urls[0]
     assert demo.simulator is not None
-    for host in demo.simulator.fleet.hosts:  # type: ignore[attr-defined]
+    for host in demo.simulator.fleet.hosts:
         with urllib.request.urlopen(f"{base}/probe?module=default&target={host.computer_name}", timeout=30) as r:
             text = r.read().decode()
         samples = [s for f in text_string_to_metric_families(text) for s in f.samples]

@@ -87,7 +87,7 @@ def png_size(data: bytes) -> tuple[int, int]:
 def probed_demo(demo: Running) -> Iterator[Running]:
     """The demo after four probes; HV-LEGACY-01 is made to fail like a host where Get-VM is denied."""
     simulator = demo.simulator
-    fleet = simulator.fleet  # type: ignore[attr-defined]
+    fleet = simulator.fleet
     fleet.host("HV-LEGACY-01").set(output_fault="powershell_error")
     base = demo.server.urls[0]
     for host in ("HV-BERLIN-01", "HV-LONDON-01", "HV-DUBLIN-01", "HV-LEGACY-01"):

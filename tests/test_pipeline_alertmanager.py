@@ -91,7 +91,7 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
     with contextlib.ExitStack() as stack:
         exporter = start(build_parser().parse_args(["--demo", "--web.listen-address", "127.0.0.1:0"]))
         stack.callback(exporter.stop)
-        fleet: SimFleet = exporter.simulator.fleet  # type: ignore[attr-defined]
+        fleet: SimFleet = exporter.simulator.fleet
         webhook = stack.enter_context(WebhookReceiver())
         alertmanager = stack.enter_context(
             Alertmanager(work / "alertmanager", alertmanager_config_for_test(webhook.url))

@@ -265,7 +265,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoStack]:
     try:
         exporter = start(build_parser().parse_args(["--demo", "--web.listen-address", "127.0.0.1:0"]))
         stops.append(exporter.stop)
-        hosts = [h.computer_name for h in exporter.simulator.fleet.hosts]  # type: ignore[attr-defined]
+        hosts = [h.computer_name for h in exporter.simulator.fleet.hosts]
         guests: list[Guest] = []
         for spec in GUESTS:
             ntp = SkewedNtpServer(-spec.ntp_skew)

@@ -124,10 +124,10 @@ def _visit(base: str) -> str:
 def test_demo_session(demo: Running, logs: LogCapture) -> None:
     simulator = demo.simulator
     assert simulator is not None
-    password = simulator.fleet.hosts[0].password  # type: ignore[attr-defined]
+    password = simulator.fleet.hosts[0].password
     base = demo.server.urls[0]
     text = _visit(base)
-    simulator.endpoint("HV-DUBLIN-01").fault = Fault("unauthorized")  # type: ignore[attr-defined]
+    simulator.endpoint("HV-DUBLIN-01").fault = Fault("unauthorized")
     text += _get(base + "/probe?module=default&target=HV-DUBLIN-01&debug=true")
     text += _visit(base)
     assert "failed (auth)" in text

@@ -17,6 +17,7 @@ import sys
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from hyperv_exporter import __version__, allocator, logutil
 from hyperv_exporter.collectors import COLLECTORS
@@ -26,6 +27,9 @@ from hyperv_exporter.http_app import ExporterApp
 from hyperv_exporter.probe import Prober
 from hyperv_exporter.selfmetrics import ExporterMetrics
 from hyperv_exporter.web import WebConfigError, WebServer, add_web_flags, load_web_config
+
+if TYPE_CHECKING:  # imported lazily at run time: only --demo needs the simulator
+    from hyperv_exporter.sim.host import Simulator
 
 log = logging.getLogger("hyperv_exporter")
 
@@ -97,14 +101,13 @@ class Running:
     app: ExporterApp
     server: WebServer
     prober: Prober
-    simulator: object | None = None
+    simulator: Simulator | None = None
 
     def stop(self) -> None:
         self.server.stop()
         self.prober.stop()
-        stop = getattr(self.simulator, "stop", None)
-        if stop is not None:
-            stop()
+        if self.simulator is not None:
+            self.simulator.stop()
 
 
 def allowed_collectors(args: argparse.Namespace) -> tuple[str, ...]:

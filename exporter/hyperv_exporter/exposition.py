@@ -36,12 +36,8 @@ def collector_failure(name: str, result: ProbeResult) -> str | None:
     if report is None:
         return result.reason or "no report"
     collector = COLLECTORS[name]
-    needed = list(collector.sections)
-    if collector.needs_vms:
-        needed.append("vm")
+    needed = [collector.report_section, *(("vm",) if collector.needs_vms else ())]
     for section in needed:
-        if section in ("resources",):  # part of Get-VM, not a section of its own on the host
-            continue
         info = report.sections.get(section)
         if info is None:
             return f"section {section} missing from the host's report"
@@ -111,7 +107,7 @@ def _collect(result: ProbeResult, timeout: float, last_success: float | None) ->
                 families.extend(produced)
         success.add((name,), 1.0 if ok else 0.0)
         if report is not None:
-            section = report.sections.get(COLLECTORS[name].sections[0] if COLLECTORS[name].sections else "vm")
+            section = report.sections.get(COLLECTORS[name].report_section)
             if section is not None and section.seconds is not None:
                 duration.add((name,), section.seconds)
     head += [success, duration]
@@ -122,8 +118,7 @@ def _collect(result: ProbeResult, timeout: float, last_success: float | None) ->
 
 
 def render(result: ProbeResult, timeout: float) -> bytes:
-    last_success = result.started + result.duration if result.ok else None
-    return _collect(result, timeout, last_success).text.encode("utf-8")
+    return _collect(result, timeout, result.collected_at).text.encode("utf-8")
 
 
 def families(result: ProbeResult, timeout: float) -> list[Metric]:

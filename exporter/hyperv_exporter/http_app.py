@@ -21,7 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from hyperv_exporter import discovery, exposition, logutil
 from hyperv_exporter.config import Config, ConfigError, Module, split_target
 from hyperv_exporter.landing import render_landing
-from hyperv_exporter.probe import Prober, ProbeResult
+from hyperv_exporter.probe import Prober
 from hyperv_exporter.selfmetrics import ExporterMetrics
 from hyperv_exporter.web import Request, Response
 
@@ -118,7 +118,7 @@ class ExporterApp:
             )
         timeout = self.probe_timeout(request, module)
         result = self.prober.probe(module, target, timeout)
-        body = _render(result, timeout)
+        body = exposition.render(result, timeout)
         if request.query.get("debug", [""])[0].lower() in ("true", "1", "yes"):
             return Response(body=self._debug(result.log, body, module), content_type=TEXT)
         return Response(body=body, content_type=CONTENT_TYPE_LATEST)
@@ -202,19 +202,3 @@ class ExporterApp:
             log.error("configuration reload failed; keeping the previous configuration: %s", exc)
             return Response(status=500, body=f"failed to reload config: {exc}\n")
         return Response(body="configuration reloaded\n")
-
-
-LAST_SUCCESS_HELP = (
-    "# HELP hyperv_last_success_timestamp_seconds When the data served here was collected from the host (Unix time).\n"
-    "# TYPE hyperv_last_success_timestamp_seconds gauge\n"
-)
-
-
-def _render(result: ProbeResult, timeout: float) -> bytes:
-    body = exposition.render(result, timeout)
-    if result.data_time is None:
-        return body
-    # Background refresh after a failed attempt: hyperv_up 0 with the last good data. render()
-    # gives a failed result no age, so the family is appended (family order does not matter).
-    line = f"hyperv_last_success_timestamp_seconds {float(result.data_time)!r}\n"
-    return body + (LAST_SUCCESS_HELP + line).encode("utf-8")

@@ -14,7 +14,7 @@ from urllib.parse import quote
 
 from hyperv_exporter import __version__
 from hyperv_exporter.config import Module
-from hyperv_exporter.probe import ProbeResult
+from hyperv_exporter.probe import ProbeSummary
 
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
@@ -33,7 +33,7 @@ def _e(value: object) -> str:
 def render_landing(
     modules: Mapping[str, Module],
     collectors: Iterable[str],
-    history: Iterable[ProbeResult],
+    history: Iterable[ProbeSummary],
     config_source: str,
     example_targets: Mapping[str, str],
     extra_links: Iterable[tuple[str, str]] = (),
@@ -61,8 +61,8 @@ def render_landing(
     for result in history:
         status = '<span class="ok">ok</span>' if result.ok else f'<span class="fail">{_e(result.reason)}</span>'
         detail = "" if result.ok else _e(result.message or "")
-        if result.ok and result.report is not None:
-            detail = f"{len(result.report.vms)} VMs, {result.requests} WinRM requests"
+        if result.ok:
+            detail = f"{result.vms} VMs, {result.requests} WinRM requests"
             if result.shared:
                 detail += " (shared result)"
         probes.append(

@@ -15,15 +15,12 @@ Rules this module enforces, because Prometheus and Hyper-V hosts both punish the
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import Any, TypeVar, cast
 
 from hyperv_exporter import cimxml, logutil, report, script
 from hyperv_exporter.collectors import COLLECTORS, sections_for
@@ -61,8 +58,49 @@ class ProbeResult:
     def ok(self) -> bool:
         return self.reason is None and self.report is not None
 
+    @property
+    def collected_at(self) -> float | None:
+        """When the data in ``report`` was collected: this attempt's end, or an earlier good one's."""
+        if self.data_time is not None:
+            return self.data_time
+        return self.started + self.duration if self.ok else None
+
     def note(self, message: str) -> None:
         self.log.append(f"{time.strftime('%H:%M:%S')} {logutil.redact(message)}")
+
+
+@dataclass(slots=True)
+class ProbeSummary:
+    """A past probe as the landing page shows it. Not the report itself: a hundred reports of a
+    1,000-VM host would keep a quarter of a gigabyte alive for a table of counts."""
+
+    module: str
+    target: str
+    started: float
+    duration: float
+    reason: str | None
+    message: str | None
+    requests: int
+    shared: bool
+    vms: int | None  # None when there was no report
+
+    @property
+    def ok(self) -> bool:
+        return self.reason is None and self.vms is not None
+
+    @classmethod
+    def of(cls, result: ProbeResult) -> ProbeSummary:
+        return cls(
+            module=result.module,
+            target=result.target,
+            started=result.started,
+            duration=result.duration,
+            reason=result.reason,
+            message=result.message,
+            requests=result.requests,
+            shared=result.shared,
+            vms=None if result.report is None else len(result.report.vms),
+        )
 
 
 @dataclass
@@ -85,7 +123,7 @@ class Prober:
         self._entries: dict[tuple[str, str], _Entry] = {}
         self._lock = threading.Lock()
         self._executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="probe")
-        self.history: deque[ProbeResult] = deque(maxlen=HISTORY_LENGTH)
+        self.history: deque[ProbeSummary] = deque(maxlen=HISTORY_LENGTH)
         self._stopped = threading.Event()
 
     def collectors_for(self, module: Module) -> tuple[str, ...]:
@@ -229,10 +267,6 @@ class Prober:
             text = report.decode_output(exchange.stdout, module.winrm.max_output_bytes)
             kvp_filter = cimxml.allowlist(module.kvp.keys, module.kvp.max_value_length)
             result.report = report.parse_report(text, kvp_filter, frozenset(module.kvp.sources))
-            if "\\ud" in text or "\\uD" in text:
-                # JSON may escape a lone UTF-16 surrogate (a broken or hostile host); no UTF-8 encoder
-                # takes one, and one in a label value would fail the whole exposition.
-                result.report = scrub_surrogates(result.report)
             result.clock = ClockExchange(exchange.sent, exchange.received)
             result.note(f"{len(result.report.vms)} VMs, {len(result.report.problems)} problems")
         except ProbeError as exc:
@@ -275,7 +309,7 @@ class Prober:
         if result.report is not None and result.report.problems:
             m.parse_problems.labels(module.name).inc(len(result.report.problems))
             self._log_problems(module, target, result.report.problems)
-        self.history.appendleft(result)
+        self.history.appendleft(ProbeSummary.of(result))
 
     def _log_problems(self, module: Module, target: str, problems: list[str]) -> None:
         # Each distinct problem is logged once per host at warning level, then only at debug, so a
@@ -290,21 +324,4 @@ class Prober:
                 log.warning("host report problem: %s", problem, extra=logutil.fields(module=module.name, target=target))
 
 
-ProbeFunction = Callable[[Module, str, float], ProbeResult]
 
-_T = TypeVar("_T")
-
-
-def scrub_surrogates(value: _T) -> _T:
-    """``value`` with every lone surrogate in its strings replaced by ``?`` (dataclasses, lists, dicts)."""
-    result: Any = value
-    if isinstance(value, str):
-        result = value.encode("utf-8", "replace").decode("utf-8")
-    elif isinstance(value, list | tuple):
-        result = type(value)(scrub_surrogates(item) for item in value)
-    elif isinstance(value, dict):
-        result = {scrub_surrogates(k): scrub_surrogates(v) for k, v in value.items()}
-    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
-        changes = {f.name: scrub_surrogates(getattr(value, f.name)) for f in dataclasses.fields(value) if f.init}
-        result = dataclasses.replace(value, **changes)
-    return cast(_T, result)

@@ -18,6 +18,7 @@ import base64
 import binascii
 import json
 import logging
+import re
 import sys
 import zlib
 from collections.abc import Mapping
@@ -55,6 +56,9 @@ MAX_TEXT = 1024  # VM names, descriptions and versions are capped to this many c
 # Snapshot types that are Hyper-V Replica recovery points, not user checkpoints (a-schild's
 # Zabbix template v2.1.0 excludes them for the same reason).
 REPLICA_SNAPSHOT_TYPES = frozenset({"replica", "app_consistent_replica", "synced_replica"})
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class ReportError(ValueError):
@@ -117,7 +121,12 @@ class _Fields:
         if value is None:
             return None
         if isinstance(value, str):
-            return value[:MAX_TEXT]
+            value = value[:MAX_TEXT]
+            # JSON may escape a lone UTF-16 surrogate (a broken or hostile host): json.loads accepts
+            # it, no UTF-8 encoder does, and one in a label value would fail the whole exposition.
+            if not value.isascii() and _SURROGATE.search(value):
+                value = _SURROGATE.sub("?", value)
+            return value
         self._wrong(key, "a string")
         return None
 

@@ -46,7 +46,7 @@ from hyperv_exporter.winrm_transport import (
 log = logging.getLogger(__name__)
 
 # Failure reasons, used as label values and on the landing page.
-REASONS = ("connection", "timeout", "auth", "tls", "winrm_fault", "powershell", "parse", "output_too_large", "refused")
+REASONS = ("connection", "timeout", "auth", "tls", "winrm_fault", "powershell", "parse", "output_too_large")
 WSMAN_INVALID_SELECTORS = 2150858843  # the shell or command no longer exists (idle timeout, service restart)
 UTF8_CODEPAGE = 65001
 TransportName = Literal["basic", "certificate", "ntlm", "kerberos"]

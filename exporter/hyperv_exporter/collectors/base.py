@@ -219,6 +219,9 @@ class Collector(ABC):
     help: ClassVar[str]
     # Sections of collect.ps1 this collector needs; "vm" (Get-VM) and "host" always run.
     sections: ClassVar[tuple[str, ...]] = ()
+    # The entry of the host report's Sections table that times this collector and carries its
+    # error: its own section, or the one whose query its data comes from (resources: Get-VM).
+    report_section: ClassVar[str] = "vm"
     default_enabled: ClassVar[bool] = True
     # Whether the collector's data hangs off Get-VM: if the vm section failed, so did this collector.
     needs_vms: ClassVar[bool] = True

@@ -18,6 +18,7 @@ class CheckpointsCollector(Collector):
     name = "checkpoints"
     help = "Checkpoint count and oldest checkpoint per VM, replica recovery points excluded (Get-VMSnapshot)"
     sections = ("checkpoints",)
+    report_section = "checkpoints"
 
     def collect(self, ctx: CollectorContext) -> list[Family]:
         count = gauge(

@@ -28,6 +28,7 @@ class HostCollector(Collector):
     name = "host"
     help = "Host facts (name, Windows version, UI language) and the host clock offset"
     sections = ("host",)
+    report_section = "host"
     needs_vms = False
 
     def collect(self, ctx: CollectorContext) -> list[Family]:

@@ -22,6 +22,7 @@ class IntegrationServicesCollector(Collector):
     name = "integration_services"
     help = "Integration services per VM: enabled, primary/secondary operational status (Get-VMIntegrationService)"
     sections = ("integration_services",)
+    report_section = "integration_services"
 
     def collect(self, ctx: CollectorContext) -> list[Family]:
         enabled = gauge(

@@ -17,6 +17,7 @@ class KvpCollector(Collector):
     name = "kvp"
     help = "Allowlisted KVP items (Msvm_KvpExchangeComponent, Msvm_KvpExchangeComponentSettingData)"
     sections = ("kvp",)
+    report_section = "kvp"
 
     def collect(self, ctx: CollectorContext) -> list[Family]:
         family = gauge(

@@ -20,6 +20,7 @@ class ReplicationCollector(Collector):
     name = "replication"
     help = "Hyper-V Replica mode, state, health and last replication time per replicated VM"
     sections = ("replication",)
+    report_section = "replication"
 
     def collect(self, ctx: CollectorContext) -> list[Family]:
         mode = enum_gauge(
