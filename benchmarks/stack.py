@@ -13,6 +13,7 @@ from typing import Any
 from urllib.parse import quote
 
 from benchmarks.common import free_port, python_module, read_json_line, stop, wait_http
+from hyperv_exporter.sim.host import exporter_config
 
 PASSWORD_ENV = "HYPERV_BENCH_PASSWORD"  # noqa: S105 - the name of a variable
 MODULE = "bench"
@@ -62,22 +63,12 @@ class Stack:
             raise
 
     def _config(self, timeout: float) -> str:
-        endpoints = "\n".join(f"      {name}: {url}" for name, url in self.urls.items())
-        return f"""modules:
-  {MODULE}:
-    targets: [{", ".join(self.urls)}]
-    cache_ttl: 0s
-    timeout: {timeout:g}s
-    endpoints:
-{endpoints}
-    winrm:
-      scheme: http
-      transport: basic
-      allow_unencrypted: true
-      message_encryption: never
-      username: monitor
-      password_file: {self.workdir / "password"}
-"""
+        return exporter_config(
+            self.urls,
+            str(self.workdir / "password"),
+            modules=(MODULE,),
+            module_keys=f"    cache_ttl: 0s\n    timeout: {timeout:g}s\n",
+        )
 
     def probe_url(self, target: str) -> str:
         return f"{self.base}/probe?module={MODULE}&target={quote(target)}"

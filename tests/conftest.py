@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from hyperv_exporter.cli import Running, build_parser, start
+from hyperv_exporter.sim.host import SIM_WINRM, exporter_config
 
 REPO = Path(__file__).resolve().parent.parent
 IN_CI = os.environ.get("HYPERV_EXPORTER_CI") == "1"
@@ -62,32 +63,16 @@ class Stack:
         self.sim = Simulator(self.fleet)
         self.sim.start()
         (tmp_path / "password").write_text(self.password + "\n")
-        endpoints = "\n".join(f"      {name}: {url}" for name, url in self.sim.urls().items())
-        targets = ", ".join(self.sim.urls())
         if endpoint_placeholder:
             extra_modules = extra_modules.format(url=self.sim.url("HV-LONDON-01"))
         self.config_path = tmp_path / "hyperv.yml"
-        self.config_path.write_text(
-            f"""modules:
-  default:
-    targets: [{targets}]
-    cache_ttl: 0s
-    timeout: 10s
-    endpoints:
-{endpoints}
-    winrm:
-      scheme: http
-      transport: basic
-      allow_unencrypted: true
-      message_encryption: never
-      username: monitor
-      password_file: password
-      max_output_bytes: 8MiB
-{module}
-{extra_modules}
-""",
-            encoding="utf-8",
+        config = exporter_config(
+            self.sim.urls(),
+            "password",
+            module_keys=f"    cache_ttl: 0s\n    timeout: 10s\n{module}\n",
+            winrm=SIM_WINRM + "      max_output_bytes: 8MiB\n",
         )
+        self.config_path.write_text(config + extra_modules + "\n", encoding="utf-8")
         args = ["--config.file", str(self.config_path), "--web.listen-address", "127.0.0.1:0", *flags]
         try:
             self.running = start(build_parser().parse_args(args))
@@ -287,12 +272,8 @@ class ConfigurableStack(Stack):
         self.sim.start()
         password_file = tmp_path / "password"
         password_file.write_text(self.password + "\n")
-        endpoints = "\n".join(f"      {name}: {url}" for name, url in self.sim.urls().items())
         self.config_path = tmp_path / "hyperv.yml"
-        self.config_text = (
-            f"modules:\n  default:\n    targets: [{', '.join(self.sim.urls())}]\n{module}\n"
-            f"    endpoints:\n{endpoints}\n    winrm:\n{winrm}\n"
-        ).replace("{password_file}", str(password_file))
+        self.config_text = exporter_config(self.sim.urls(), str(password_file), module_keys=module + "\n", winrm=winrm)
         self.config_path.write_text(self.config_text, encoding="utf-8")
         args = ["--config.file", str(self.config_path), "--web.listen-address", "127.0.0.1:0", *flags]
         try:

@@ -19,7 +19,7 @@ import pytest
 
 from conftest import Stack, sample
 from hyperv_exporter.sim.fleet import demo_fleet, with_password
-from hyperv_exporter.sim.host import Simulator
+from hyperv_exporter.sim.host import Simulator, exporter_config
 
 PASSWORD = "Reload-Pa55word-one"
 NEW_PASSWORD = "Reload-Pa55word-two"
@@ -36,23 +36,7 @@ def _http(url: str, method: str = "GET") -> tuple[int, str]:
 
 
 def _config(sim: Simulator, modules: tuple[str, ...] = ("default",)) -> str:
-    endpoints = "".join(f"      {name}: {url}\n" for name, url in sim.urls().items())
-    blocks = [
-        f"""  {name}:
-    targets: [{", ".join(sim.urls())}]
-    cache_ttl: 0s
-    endpoints:
-{endpoints}    winrm:
-      scheme: http
-      transport: basic
-      allow_unencrypted: true
-      message_encryption: never
-      username: monitor
-      password_file: password
-"""
-        for name in modules
-    ]
-    return "modules:\n" + "".join(blocks)
+    return exporter_config(sim.urls(), "password", modules=modules)
 
 
 # -- POST /-/reload, in process --------------------------------------------------------------------

@@ -22,13 +22,51 @@ def test_hyperv_sim_serves_the_demo_fleet(tmp_path: Path) -> None:
         urls = dict(lines)
         assert set(urls) == {"HV-BERLIN-01", "HV-LONDON-01", "HV-DUBLIN-01", "HV-LEGACY-01"}
         session = winrm.Session(
-            urls["HV-LONDON-01"], auth=("monitor", "sim-test-password"), transport="basic", server_cert_validation="ignore"
+            urls["HV-LONDON-01"],
+            auth=("monitor", "sim-test-password"),
+            transport="basic",
+            server_cert_validation="ignore",
         )
         assert session.run_cmd("hostname").status_code == 1  # only the collection script runs there
     finally:
         proc.terminate()
         proc.wait(timeout=10)
     assert "sim-test-password" not in (proc.stderr.read() if proc.stderr else "")
+
+
+def test_hyperv_sim_writes_a_working_exporter_config(tmp_path: Path) -> None:
+    """hyperv-sim in one process, hyperv-exporter in another, joined by --exporter-config."""
+    (tmp_path / "pw").write_text("sim-test-password\n")
+    config = tmp_path / "hyperv.yml"
+    sim = subprocess.Popen(
+        [sys.executable, "-c", "from hyperv_exporter.sim.cli import main; raise SystemExit(main())",
+         "--password-file", str(tmp_path / "pw"), "--exporter-config", str(config)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert sim.stdout is not None
+        sim.stdout.readline()  # the config is written before the first URL is printed
+        from hyperv_exporter.config import load_config
+
+        module = load_config(str(config)).modules["default"]
+        assert module.targets.allows("HV-DUBLIN-01") and not module.targets.allows("evil.example")
+        assert module.winrm.password is not None and module.winrm.password.get() == "sim-test-password"
+        from hyperv_exporter.cli import build_parser, start
+
+        running = start(
+            build_parser().parse_args(["--config.file", str(config), "--web.listen-address", "127.0.0.1:0"])
+        )
+        try:
+            import urllib.request
+
+            url = running.server.urls[0] + "/probe?module=default&target=HV-DUBLIN-01"
+            with urllib.request.urlopen(url, timeout=30) as response:
+                assert "hyperv_up 1.0" in response.read().decode()
+        finally:
+            running.stop()
+    finally:
+        sim.terminate()
+        sim.wait(timeout=10)
 
 
 def test_hyperv_sim_without_password_or_with_bad_fleet_exits_1(tmp_path: Path) -> None:
@@ -38,6 +76,8 @@ def test_hyperv_sim_without_password_or_with_bad_fleet_exits_1(tmp_path: Path) -
     assert proc.returncode == 1 and "no password for HV-BERLIN-01" in proc.stderr
     bad = tmp_path / "fleet.yml"
     bad.write_text("hosts:\n  - ComputerName: X\n    VMs:\n      - {Name: a, Id: b, State: Runnin}\n")
-    proc = subprocess.run([*run, "--fleet.file", str(bad)], capture_output=True, text=True, env=env, timeout=60, check=False)
+    proc = subprocess.run(
+        [*run, "--fleet.file", str(bad)], capture_output=True, text=True, env=env, timeout=60, check=False
+    )
     assert proc.returncode == 1
     assert "fleet.yml:4: hosts[0].VMs[0].State: expected one of Other, Running" in proc.stderr

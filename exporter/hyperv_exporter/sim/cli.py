@@ -20,7 +20,7 @@ from pathlib import Path
 
 from hyperv_exporter import __version__, logutil
 from hyperv_exporter.sim.fleet import demo_fleet, load_fleet, with_password
-from hyperv_exporter.sim.host import Simulator
+from hyperv_exporter.sim.host import SIM_WINRM, Simulator, exporter_config
 from hyperv_exporter.yamlutil import YamlError
 
 log = logging.getLogger("hyperv_exporter.sim")
@@ -42,12 +42,26 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"Password for every host without its own (or set {PASSWORD_ENV}).",
     )  # fmt: skip
     parser.add_argument(
+        "--exporter-config", dest="exporter_config", metavar="FILE",
+        help="Write an exporter configuration for these simulated hosts to FILE (for hyperv-exporter --config.file).",
+    )  # fmt: skip
+    parser.add_argument(
         "--tls.cert-file", dest="tls_cert_file", metavar="FILE", help="Serve HTTPS with this certificate."
     )
     parser.add_argument("--tls.key-file", dest="tls_key_file", metavar="FILE", help="Private key for --tls.cert-file.")
     parser.add_argument("--log.level", dest="log_level", default="info", choices=list(logutil.LEVELS))
     parser.add_argument("--log.format", dest="log_format", default="logfmt", choices=list(logutil.FORMATS))
     return parser
+
+
+def write_exporter_config(path: str, urls: dict[str, str], password_file: str | None) -> None:
+    """A configuration for hyperv-exporter that probes these hosts, with the same password source."""
+    if password_file:
+        text = exporter_config(urls, str(Path(password_file).resolve()))
+    else:
+        winrm = SIM_WINRM.replace("password_file: {password_file}", f"password_env: {PASSWORD_ENV}")
+        text = exporter_config(urls, "", winrm=winrm)
+    Path(path).write_text(text, encoding="utf-8")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -90,6 +104,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         simulator.stop()
         print(f"error: cannot listen: {exc}", file=sys.stderr)
         return 1
+    if args.exporter_config:
+        write_exporter_config(args.exporter_config, simulator.urls(), args.password_file)
     for name, url in simulator.urls().items():
         print(f"{name} {url}", flush=True)
     stop = threading.Event()

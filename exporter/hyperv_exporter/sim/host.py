@@ -17,7 +17,7 @@ import gzip
 import logging
 import ssl
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -181,6 +181,40 @@ class HostRunner:
             stdout = stdout[: len(stdout) // 2]
         stderr = PROGRESS_CLIXML if fault == "progress_stderr" else b""
         return CommandResult(stdout=stdout, stderr=stderr, exit_code=0, run_seconds=host.run_seconds)
+
+
+# The WinRM block for a simulator: Basic over plain HTTP is acceptable only because the listeners
+# are simulated hosts on loopback; a real module uses https, ntlm or kerberos.
+SIM_WINRM = """      scheme: http
+      transport: basic
+      allow_unencrypted: true
+      message_encryption: never
+      username: {username}
+      password_file: {password_file}
+"""
+
+
+def exporter_config(
+    urls: Mapping[str, str],
+    password_file: str,
+    *,
+    modules: Sequence[str] = ("default",),
+    module_keys: str = "    cache_ttl: 0s\n",
+    winrm: str | None = None,
+    username: str = "monitor",
+) -> str:
+    """An exporter configuration (YAML) whose modules probe these simulated hosts.
+
+    ``urls`` maps host names to their WS-Management URLs (``Simulator.urls()``); the host names
+    become the allowlisted targets. ``module_keys`` are extra module lines (4-space indent),
+    ``winrm`` replaces the whole ``winrm:`` block (6-space indent, ``{password_file}`` is filled in).
+    """
+    endpoints = "".join(f"      {name}: {url}\n" for name, url in urls.items())
+    block = (winrm if winrm is not None else SIM_WINRM).format(username=username, password_file=password_file)
+    if not block.endswith("\n"):
+        block += "\n"
+    module = f"    targets: [{', '.join(urls)}]\n    endpoints:\n{endpoints}    winrm:\n{block}{module_keys}"
+    return "modules:\n" + "".join(f"  {name}:\n{module}" for name in modules)
 
 
 class _HostUsers(Mapping[str, str]):
