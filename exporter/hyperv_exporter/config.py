@@ -43,7 +43,7 @@ from hyperv_exporter.collectors import COLLECTORS
 from hyperv_exporter.discovery import DiscoverySettings, parse_discovery
 from hyperv_exporter.model import KVP_SOURCES
 from hyperv_exporter.winrm_transport import DEFAULT_MAX_RESPONSE_BYTES, HAVE_KERBEROS
-from hyperv_exporter.yamlutil import Node, YamlError, document
+from hyperv_exporter.yamlutil import Node, YamlError, document, read_text
 
 DEFAULT_KVP_KEYS = ("OSName", "OSVersion", "FullyQualifiedDomainName", "NetworkAddressIPv4")
 TRANSPORTS = ("ntlm", "kerberos", "certificate", "basic")
@@ -504,9 +504,7 @@ def parse_config(text: str, filename: str, base: Path | None = None) -> Config:
 
 def load_config(path: str) -> Config:
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read config file: {exc.strerror}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: config file is not UTF-8") from None
+        text = read_text(path, "config file")
+    except YamlError as exc:
+        raise ConfigError(str(exc)) from None
     return parse_config(text, path, Path(path).resolve().parent)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 import yaml
@@ -56,6 +57,16 @@ class _Loader(yaml.SafeLoader):
 
 _Loader.add_constructor("tag:yaml.org,2002:map", _Loader.construct_yaml_map_with_lines)
 _Loader.add_constructor("tag:yaml.org,2002:seq", _Loader.construct_yaml_seq_with_lines)
+
+
+def read_text(path: str, what: str) -> str:
+    """The UTF-8 text of a file, or a :class:`YamlError` that names it (``what``: "config file")."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise YamlError(f"{path}: cannot read {what}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise YamlError(f"{path}: {what} is not UTF-8") from None
 
 
 def load(text: str, filename: str) -> Any:

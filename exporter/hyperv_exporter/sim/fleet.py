@@ -29,7 +29,7 @@ from xml.sax.saxutils import escape
 
 from hyperv_exporter import enums
 from hyperv_exporter.report import DOTNET_EPOCH_TICKS
-from hyperv_exporter.yamlutil import Node, YamlError, document
+from hyperv_exporter.yamlutil import Node, document, read_text
 
 KVP_ARRAYS = ("GuestIntrinsicExchangeItems", "GuestExchangeItems", "HostExchangeItems")
 SNAPSHOT_TYPES = ("Standard", "Recovery", "Planned", "Missing", "Replica", "AppConsistentReplica", "SyncedReplica")
@@ -472,11 +472,7 @@ def parse_fleet(text: str, filename: str, base: Path | None = None) -> SimFleet:
 
 
 def load_fleet(path: str) -> SimFleet:
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise YamlError(f"{path}: cannot read fleet file: {exc.strerror}") from None
-    return parse_fleet(text, path, Path(path).resolve().parent)
+    return parse_fleet(read_text(path, "fleet file"), path, Path(path).resolve().parent)
 
 
 def demo_fleet() -> SimFleet:
