@@ -7,12 +7,12 @@ import shutil
 import ssl
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from hyperv_exporter.cli import Running, build_parser, start
 from hyperv_exporter.sim.host import SIM_WINRM, exporter_config
+from pki import Pki
 
 REPO = Path(__file__).resolve().parent.parent
 IN_CI = os.environ.get("HYPERV_EXPORTER_CI") == "1"
@@ -132,109 +132,10 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
 # -- security and resilience fixtures (issue 5) ------------------------------------------------------
 
 
-class TestPki:
-    """A throw-away PKI in ``directory``: a CA, server and client certificates, and bad ones on purpose.
-
-    ``ca``/``server``/``client``: a CA and what it issued (server SAN 127.0.0.1, ::1 and localhost;
-    client CN ``monitor``). ``expired``: a server certificate of the same CA that expired yesterday.
-    ``other_ca``/``stranger``: another CA and a server certificate it issued. Each name ``X`` has
-    ``X.pem`` and (except CAs) ``X.key`` in ``directory``.
-    """
-
-    __test__ = False  # not a test class, despite the name
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        ca = self._issue("ca", "hyperv-exporter test CA", None, kind="ca")
-        self._issue("server", "127.0.0.1", ca, kind="server")
-        self._issue("expired", "127.0.0.1", ca, kind="server", expired=True)
-        self._issue("client", "monitor", ca, kind="client")
-        other = self._issue("other_ca", "someone else's CA", None, kind="ca")
-        self._issue("stranger", "127.0.0.1", other, kind="server")
-        self._issue("stranger_client", "monitor", other, kind="client")
-
-    def pem(self, name: str) -> Path:
-        return self.directory / f"{name}.pem"
-
-    def key(self, name: str) -> Path:
-        return self.directory / f"{name}.key"
-
-    def server_context(self, name: str = "server", client_ca: str | None = None) -> ssl.SSLContext:
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(self.pem(name), self.key(name))
-        if client_ca is not None:
-            context.verify_mode = ssl.CERT_OPTIONAL
-            context.load_verify_locations(cafile=str(self.pem(client_ca)))
-        return context
-
-    def _issue(
-        self, stem: str, subject: str, issuer: tuple[Any, Any] | None, *, kind: str, expired: bool = False
-    ) -> tuple[Any, Any]:
-        import datetime
-        import ipaddress
-
-        from cryptography import x509
-        from cryptography.hazmat.primitives import hashes, serialization
-        from cryptography.hazmat.primitives.asymmetric import ec
-        from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-        def name(common_name: str) -> x509.Name:
-            return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-
-        key = ec.generate_private_key(ec.SECP256R1())
-        now = datetime.datetime.now(datetime.UTC)
-        start, end = (
-            (now - datetime.timedelta(days=30), now - datetime.timedelta(days=1))
-            if expired
-            else (now - datetime.timedelta(minutes=5), now + datetime.timedelta(days=2))
-        )
-        issuer_name, issuer_key = (issuer[0].subject, issuer[1]) if issuer else (name(subject), key)
-        builder = (
-            x509.CertificateBuilder()
-            .subject_name(name(subject))
-            .issuer_name(issuer_name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(start)
-            .not_valid_after(end)
-            .add_extension(x509.BasicConstraints(ca=kind == "ca", path_length=None), critical=True)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        )
-        if issuer:
-            builder = builder.add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()), critical=False
-            )
-        if kind == "ca":
-            builder = builder.add_extension(
-                x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
-                              data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
-                              encipher_only=False, decipher_only=False),
-                critical=True,
-            )  # fmt: skip
-        elif kind == "server":
-            sans = [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.IPAddress(ipaddress.ip_address("::1")),
-                    x509.DNSName("localhost")]  # fmt: skip
-            builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False).add_extension(
-                x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
-            )
-        else:
-            builder = builder.add_extension(
-                x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False
-            ).add_extension(x509.SubjectAlternativeName([x509.DNSName(subject)]), critical=False)
-        cert = builder.sign(issuer_key, hashes.SHA256())
-        self.pem(stem).write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        if kind != "ca":
-            self.key(stem).write_bytes(
-                key.private_bytes(
-                    serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-                )
-            )
-        return cert, key
-
-
 @pytest.fixture(scope="session")
-def test_pki(tmp_path_factory: pytest.TempPathFactory) -> TestPki:
-    return TestPki(tmp_path_factory.mktemp("pki"))
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    """The tests' throw-away CA and certificates (see :class:`pki.Pki`); nothing may change its files."""
+    return Pki(tmp_path_factory.mktemp("pki"))
 
 
 class ConfigurableStack(Stack):

@@ -19,8 +19,9 @@ from urllib.parse import quote
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import ConfigurableStack, TestPki, sample
+from conftest import ConfigurableStack, sample
 from hyperv_exporter.sim.wsman import Fault
+from pki import Pki
 
 FAULTY = "HV-LONDON-01"
 HEALTHY = ("HV-BERLIN-01", "HV-DUBLIN-01", "HV-LEGACY-01")
@@ -141,24 +142,24 @@ def test_fault(fault_stack: ConfigurableStack, name: str, caplog: pytest.LogCapt
     _run_case(fault_stack, CASES[name], caplog)
 
 
-def _swap_certificate(pki: TestPki, name: str) -> Callable[[ConfigurableStack], None]:
+def _swap_certificate(pki: Pki, name: str) -> Callable[[ConfigurableStack], None]:
     def swap(stack: ConfigurableStack) -> None:
         endpoint = stack.sim.endpoint(FAULTY)
         endpoint.stop()  # drops the kept-alive connection, so the next one shakes hands again
-        endpoint.ssl_context = pki.server_context(name)
+        endpoint.ssl_context = pki.server_context(pki[name])
         endpoint.start()
 
     return swap
 
 
 @pytest.fixture
-def https_stack(tmp_path: Path, test_pki: TestPki) -> Iterator[ConfigurableStack]:
+def https_stack(tmp_path: Path, pki: Pki) -> Iterator[ConfigurableStack]:
     winrm = f"""      scheme: https
       transport: ntlm
-      ca_file: {test_pki.pem("ca")}
+      ca_file: {pki.ca.cert}
       username: monitor
       password_file: {{password_file}}"""
-    stack = ConfigurableStack(tmp_path, winrm=winrm, ssl_context=test_pki.server_context(), allow_unencrypted=False)
+    stack = ConfigurableStack(tmp_path, winrm=winrm, ssl_context=pki.server_context(), allow_unencrypted=False)
     try:
         yield stack
     finally:
@@ -167,13 +168,13 @@ def https_stack(tmp_path: Path, test_pki: TestPki) -> Iterator[ConfigurableStack
 
 @pytest.mark.parametrize(
     ("certificate", "detail"),
-    [("stranger", "unable to get local issuer certificate"), ("expired", "certificate has expired")],
+    [("stranger_server", "unable to get local issuer certificate"), ("expired_server", "certificate has expired")],
     ids=["wrong_ca", "expired"],
 )
 def test_tls_fault(
-    https_stack: ConfigurableStack, test_pki: TestPki, certificate: str, detail: str, caplog: pytest.LogCaptureFixture
+    https_stack: ConfigurableStack, pki: Pki, certificate: str, detail: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    case = Case("tls", _swap_certificate(test_pki, certificate), _swap_certificate(test_pki, "server"), detail)
+    case = Case("tls", _swap_certificate(pki, certificate), _swap_certificate(pki, "server"), detail)
     _run_case(https_stack, case, caplog)
 
 

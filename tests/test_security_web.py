@@ -18,11 +18,11 @@ import bcrypt
 import pytest
 import requests
 
-from conftest import TestPki
 from hyperv_exporter.cli import build_parser, start
 from hyperv_exporter.sim.fleet import demo_fleet, with_password
 from hyperv_exporter.sim.host import Simulator
 from hyperv_exporter.web import auth
+from pki import Pki
 
 pytestmark = pytest.mark.slow
 
@@ -43,10 +43,10 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _web_config(directory: Path, pki: TestPki, *, tls: bool = True) -> Path:
+def _web_config(directory: Path, pki: Pki, *, tls: bool = True) -> Path:
     for name in ("server", "ca"):
-        shutil.copy(pki.pem(name), directory / f"{name}.pem")
-    shutil.copy(pki.key("server"), directory / "server.key")
+        shutil.copy(pki[name].cert, directory / f"{name}.pem")
+    shutil.copy(pki.server.key, directory / "server.key")
     hashed = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=4)).decode()
     tls_block = (
         "tls_server_config:\n  cert_file: server.pem\n  key_file: server.key\n"
@@ -76,7 +76,7 @@ def _wait_until_serving(port: int, proc: subprocess.Popen[bytes], log: Path) -> 
 class Served:
     """A program started from its command line, serving HTTPS on ``url``."""
 
-    def __init__(self, argv: list[str], directory: Path, pki: TestPki) -> None:
+    def __init__(self, argv: list[str], directory: Path, pki: Pki) -> None:
         self.pki = pki
         self.port = _free_port()
         self.url = f"https://127.0.0.1:{self.port}"
@@ -90,9 +90,9 @@ class Served:
 
     def request(self, path: str, *, method: str = "GET", cert: str | None = "client",
                 auth: tuple[str, str] | None = (USER, PASSWORD)) -> requests.Response:  # fmt: skip
-        client = (str(self.pki.pem(cert)), str(self.pki.key(cert))) if cert else None
+        client = (str(self.pki[cert].cert), str(self.pki[cert].key)) if cert else None
         return requests.request(
-            method, self.url + path, verify=str(self.pki.pem("ca")), cert=client, auth=auth, timeout=30
+            method, self.url + path, verify=str(self.pki.ca.cert), cert=client, auth=auth, timeout=30
         )
 
     def stop(self) -> None:
@@ -106,7 +106,7 @@ class Served:
 
 
 @pytest.fixture(scope="module")
-def exporter(tmp_path_factory: pytest.TempPathFactory, test_pki: TestPki) -> Iterator[Served]:
+def exporter(tmp_path_factory: pytest.TempPathFactory, pki: Pki) -> Iterator[Served]:
     directory = tmp_path_factory.mktemp("exporter")
     sim = Simulator(with_password(demo_fleet(), WINRM_PASSWORD))
     sim.start()
@@ -123,11 +123,11 @@ def exporter(tmp_path_factory: pytest.TempPathFactory, test_pki: TestPki) -> Ite
              username: monitor, password_file: password}}
 """
     )
-    web = _web_config(directory, test_pki)
+    web = _web_config(directory, pki)
     served = Served(
         [sys.executable, "-m", "hyperv_exporter", "--config.file", "hyperv.yml", "--web.config.file", str(web)],
         directory,
-        test_pki,
+        pki,
     )
     try:
         yield served
@@ -137,14 +137,14 @@ def exporter(tmp_path_factory: pytest.TempPathFactory, test_pki: TestPki) -> Ite
 
 
 @pytest.fixture(scope="module")
-def guest_agent(tmp_path_factory: pytest.TempPathFactory, test_pki: TestPki) -> Iterator[Served]:
+def guest_agent(tmp_path_factory: pytest.TempPathFactory, pki: Pki) -> Iterator[Served]:
     directory = tmp_path_factory.mktemp("guest")
-    web = _web_config(directory, test_pki)
+    web = _web_config(directory, pki)
     served = Served(
         [sys.executable, "-m", "hyperv_exporter.guest", "--root", str(GUEST_ROOT), "--no-collector.ntp",
          "--web.config.file", str(web)],
         directory,
-        test_pki,
+        pki,
     )  # fmt: skip
     try:
         yield served
@@ -229,9 +229,9 @@ def counted_bcrypt(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
 
 
 def test_unknown_users_cost_one_bcrypt_check_like_known_ones(
-    tmp_path: Path, test_pki: TestPki, counted_bcrypt: list[bytes]
+    tmp_path: Path, pki: Pki, counted_bcrypt: list[bytes]
 ) -> None:
-    web = _web_config(tmp_path, test_pki, tls=False)
+    web = _web_config(tmp_path, pki, tls=False)
     (tmp_path / "hyperv.yml").write_text(
         "modules:\n  default:\n    targets: [h]\n    winrm: {username: u, password_file: pw}\n"
     )

@@ -10,22 +10,23 @@ from pathlib import Path
 import pytest
 import requests
 
-from conftest import ConfigurableStack, TestPki, sample
+from conftest import ConfigurableStack, sample
 from hyperv_exporter import winrm_transport
 from hyperv_exporter.config import ConfigError, WinRMSettings, parse_config
 from hyperv_exporter.sim.wsman import CommandResult, Fault, Shell, WSManEndpoint
 from hyperv_exporter.winrm_client import ProbeError, WinRMSession
 from hyperv_exporter.winrm_transport import HardenedTransport, Watchdog
+from pki import Pki
 
 TARGET = "HV-LONDON-01"
 
 
-def https_winrm(pki: TestPki, transport: str = "basic", ca: str | None = "ca", extra: str = "") -> str:
+def https_winrm(pki: Pki, transport: str = "basic", ca: str | None = "ca", extra: str = "") -> str:
     lines = ["      scheme: https", f"      transport: {transport}"]
     if ca is not None:
-        lines.append(f"      ca_file: {pki.pem(ca)}")
+        lines.append(f"      ca_file: {pki[ca].cert}")
     if transport == "certificate":
-        lines += [f"      client_cert_file: {pki.pem('client')}", f"      client_key_file: {pki.key('client')}"]
+        lines += [f"      client_cert_file: {pki.client.cert}", f"      client_key_file: {pki.client.key}"]
     else:
         lines += ["      username: monitor", "      password_file: {password_file}"]
     return "\n".join(lines) + extra
@@ -56,13 +57,13 @@ def debug(stack: ConfigurableStack, target: str = TARGET) -> str:
 
 @pytest.mark.parametrize("transport", ["basic", "ntlm", "certificate"])
 def test_https_with_a_validated_certificate(
-    stacks: list[ConfigurableStack], tmp_path: Path, test_pki: TestPki, transport: str
+    stacks: list[ConfigurableStack], tmp_path: Path, pki: Pki, transport: str
 ) -> None:
     stack = make(
         stacks,
         tmp_path,
-        winrm=https_winrm(test_pki, transport),
-        ssl_context=test_pki.server_context(client_ca="ca"),
+        winrm=https_winrm(pki, transport),
+        ssl_context=pki.server_context(client_ca=pki.ca),
         allow_unencrypted=False,
     )
     samples = stack.probe(TARGET)
@@ -76,16 +77,16 @@ def test_https_with_a_validated_certificate(
 @pytest.mark.parametrize(
     ("server_cert", "ca", "message"),
     [
-        ("stranger", "ca", "unable to get local issuer certificate"),
-        ("expired", "ca", "certificate has expired"),
+        ("stranger_server", "ca", "unable to get local issuer certificate"),
+        ("expired_server", "ca", "certificate has expired"),
         ("server", None, "certificate verify failed"),  # the test CA is not in the system store
     ],
     ids=["wrong_ca", "expired", "not_in_system_store"],
 )
 def test_certificate_problems_are_tls_errors(
-    stacks: list[ConfigurableStack], tmp_path: Path, test_pki: TestPki, server_cert: str, ca: str | None, message: str
+    stacks: list[ConfigurableStack], tmp_path: Path, pki: Pki, server_cert: str, ca: str | None, message: str
 ) -> None:
-    stack = make(stacks, tmp_path, winrm=https_winrm(test_pki, ca=ca), ssl_context=test_pki.server_context(server_cert))
+    stack = make(stacks, tmp_path, winrm=https_winrm(pki, ca=ca), ssl_context=pki.server_context(pki[server_cert]))
     assert sample(stack.probe(TARGET), "hyperv_up") == 0.0
     text = debug(stack)
     assert "failed (tls)" in text and message in text, text
@@ -95,25 +96,25 @@ def test_certificate_problems_are_tls_errors(
 
 
 def test_without_ca_file_the_system_trust_store_is_used(
-    stacks: list[ConfigurableStack], tmp_path: Path, test_pki: TestPki, monkeypatch: pytest.MonkeyPatch
+    stacks: list[ConfigurableStack], tmp_path: Path, pki: Pki, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Not certifi: SSL_CERT_FILE (how OpenSSL locates the system store) decides what is trusted."""
-    monkeypatch.setenv("SSL_CERT_FILE", str(test_pki.pem("ca")))
+    monkeypatch.setenv("SSL_CERT_FILE", str(pki.ca.cert))
     monkeypatch.delenv("REQUESTS_CA_BUNDLE", raising=False)
     winrm_transport.system_ca_path.cache_clear()
     try:
-        assert winrm_transport.system_ca_path() == str(test_pki.pem("ca"))
-        stack = make(stacks, tmp_path, winrm=https_winrm(test_pki, ca=None), ssl_context=test_pki.server_context())
+        assert winrm_transport.system_ca_path() == str(pki.ca.cert)
+        stack = make(stacks, tmp_path, winrm=https_winrm(pki, ca=None), ssl_context=pki.server_context())
         assert sample(stack.probe(TARGET), "hyperv_up") == 1.0, debug(stack)
     finally:
         winrm_transport.system_ca_path.cache_clear()
 
 
 def test_requests_ca_bundle_from_the_environment_is_ignored(
-    stacks: list[ConfigurableStack], tmp_path: Path, test_pki: TestPki, monkeypatch: pytest.MonkeyPatch
+    stacks: list[ConfigurableStack], tmp_path: Path, pki: Pki, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(test_pki.pem("ca")))  # pywinrm's "legacy_requests" would use it
-    stack = make(stacks, tmp_path, winrm=https_winrm(test_pki, ca="other_ca"), ssl_context=test_pki.server_context())
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(pki.ca.cert))  # pywinrm's "legacy_requests" would use it
+    stack = make(stacks, tmp_path, winrm=https_winrm(pki, ca="other_ca"), ssl_context=pki.server_context())
     assert sample(stack.probe(TARGET), "hyperv_up") == 0.0
     assert "failed (tls)" in debug(stack)
 

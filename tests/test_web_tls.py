@@ -1,165 +1,31 @@
 """TLS: loading certificates, serving HTTPS, client certificates, the SAN allowlist, rotation.
 
-Certificates are made here with ``cryptography`` (EC P-256, fast): a CA, a server certificate for
-127.0.0.1/localhost, client certificates (good, other SAN, expired, from an untrusted CA).
+Certificates come from the session's test CA (fixture ``pki``, see ``tests/pki.py``): server certificates
+for 127.0.0.1/localhost, client certificates (good, other SAN, expired, from an untrusted CA).
 """
 
 from __future__ import annotations
 
 import contextlib
-import datetime
 import http.client
 import os
 import shutil
 import socket
 import ssl
 from collections.abc import Iterator
-from dataclasses import dataclass
-from ipaddress import IPv4Address
 from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.hazmat.primitives import serialization
 
 from hyperv_exporter.web import Request, Response, WebConfigError, WebServer, load_web_config
 from hyperv_exporter.web import reload as reload_module
 from hyperv_exporter.web.config import CIPHER_SUITES, TLSServerConfig, read_web_config
 from hyperv_exporter.web.tls import build_ssl_context, peer_sans, san_allowed
+from pki import Issued, Pki
 
 FIXTURES = Path(__file__).parent / "fixtures" / "web"
-NOW = datetime.datetime.now(datetime.UTC)
-
-
-@dataclass(frozen=True)
-class Pair:
-    cert: Path
-    key: Path
-
-    @property
-    def cert_pem(self) -> str:
-        return self.cert.read_text()
-
-    @property
-    def key_pem(self) -> str:
-        return self.key.read_text()
-
-
-def _key() -> ec.EllipticCurvePrivateKey:
-    return ec.generate_private_key(ec.SECP256R1())
-
-
-def _write(directory: Path, name: str, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> Pair:
-    pair = Pair(directory / f"{name}.crt", directory / f"{name}.key")
-    pair.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    pair.key.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    return pair
-
-
-def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-
-def _ca(directory: Path, name: str) -> tuple[Pair, x509.Certificate, ec.EllipticCurvePrivateKey]:
-    key = _key()
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name(name))
-        .issuer_name(_name(name))
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(NOW - datetime.timedelta(days=1))
-        .not_valid_after(NOW + datetime.timedelta(days=30))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    return _write(directory, name, cert, key), cert, key
-
-
-def _leaf(
-    directory: Path,
-    name: str,
-    ca: tuple[Pair, x509.Certificate, ec.EllipticCurvePrivateKey],
-    sans: list[x509.GeneralName],
-    usage: x509.ObjectIdentifier,
-    *,
-    expired: bool = False,
-) -> Pair:
-    _, ca_cert, ca_key = ca
-    key = _key()
-    not_after = NOW - datetime.timedelta(days=1) if expired else NOW + datetime.timedelta(days=30)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name(name))
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(NOW - datetime.timedelta(days=2))
-        .not_valid_after(not_after)
-        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
-            critical=False,
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    return _write(directory, name, cert, key)
-
-
-@dataclass(frozen=True)
-class PKI:
-    ca: Pair
-    server: Pair
-    server2: Pair  # another server certificate, for rotation
-    client: Pair  # SANs: DNS client.example, URI spiffe://hyperv/prometheus
-    other_client: Pair  # SAN: DNS intruder.example
-    expired_client: Pair
-    untrusted_client: Pair  # signed by a CA the server does not know
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
-    d = tmp_path_factory.mktemp("pki")
-    ca = _ca(d, "ca")
-    rogue = _ca(d, "rogue-ca")
-    server_sans: list[x509.GeneralName] = [x509.DNSName("localhost"), x509.IPAddress(IPv4Address("127.0.0.1"))]
-    server_auth, client_auth = ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH
-    return PKI(
-        ca=ca[0],
-        server=_leaf(d, "server", ca, server_sans, server_auth),
-        server2=_leaf(d, "server2", ca, server_sans, server_auth),
-        client=_leaf(
-            d,
-            "client",
-            ca,
-            [x509.DNSName("client.example"), x509.UniformResourceIdentifier("spiffe://hyperv/prometheus")],
-            client_auth,
-        ),
-        other_client=_leaf(d, "other", ca, [x509.DNSName("intruder.example")], client_auth),
-        expired_client=_leaf(d, "expired", ca, [x509.DNSName("client.example")], client_auth, expired=True),
-        untrusted_client=_leaf(d, "untrusted", rogue, [x509.DNSName("client.example")], client_auth),
-    )
 
 
 def echo(request: Request) -> Response:
@@ -177,7 +43,7 @@ def serving(config: Path, handler=echo) -> Iterator[WebServer]:  # type: ignore[
 
 
 def client_context(
-    pki: PKI, client: Pair | None = None, *, max_version: ssl.TLSVersion | None = None
+    pki: Pki, client: Issued | None = None, *, max_version: ssl.TLSVersion | None = None
 ) -> ssl.SSLContext:
     ctx = ssl.create_default_context(cafile=str(pki.ca.cert))
     if client is not None:
@@ -210,7 +76,7 @@ def write_config(path: Path, text: str) -> Path:
     return path
 
 
-def tls_config(tmp_path: Path, pki: PKI, extra: str = "") -> Path:
+def tls_config(tmp_path: Path, pki: Pki, extra: str = "") -> Path:
     return write_config(
         tmp_path / "web.yml",
         f"tls_server_config:\n  cert_file: {pki.server.cert}\n  key_file: {pki.server.key}\n{extra}",
@@ -220,13 +86,13 @@ def tls_config(tmp_path: Path, pki: PKI, extra: str = "") -> Path:
 # --- serving ------------------------------------------------------------------------------------------
 
 
-def test_https_get(tmp_path: Path, pki: PKI) -> None:
+def test_https_get(tmp_path: Path, pki: Pki) -> None:
     with serving(tls_config(tmp_path, pki)) as server:
         assert server.urls[0].startswith("https://127.0.0.1:")
         assert get(server, client_context(pki), "/metrics") == (200, b"GET /metrics user=None\n")
 
 
-def test_plain_http_to_tls_port_fails_cleanly(tmp_path: Path, pki: PKI) -> None:
+def test_plain_http_to_tls_port_fails_cleanly(tmp_path: Path, pki: Pki) -> None:
     with serving(tls_config(tmp_path, pki)) as server:
         host, port = server.addresses[0]
         conn = http.client.HTTPConnection(host, port, timeout=10)
@@ -237,13 +103,13 @@ def test_plain_http_to_tls_port_fails_cleanly(tmp_path: Path, pki: PKI) -> None:
         assert get(server, client_context(pki))[0] == 200  # the server is still fine
 
 
-def test_min_version_tls13_refuses_tls12_clients(tmp_path: Path, pki: PKI) -> None:
+def test_min_version_tls13_refuses_tls12_clients(tmp_path: Path, pki: Pki) -> None:
     with serving(tls_config(tmp_path, pki, "  min_version: TLS13\n")) as server:
         assert get(server, client_context(pki))[0] == 200
         assert_refused(server, client_context(pki, max_version=ssl.TLSVersion.TLSv1_2))
 
 
-def test_cipher_suites_and_curve_apply(tmp_path: Path, pki: PKI) -> None:
+def test_cipher_suites_and_curve_apply(tmp_path: Path, pki: Pki) -> None:
     extra = (
         "  max_version: TLS12\n"
         "  cipher_suites: [TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384]\n"
@@ -262,32 +128,32 @@ def test_cipher_suites_and_curve_apply(tmp_path: Path, pki: PKI) -> None:
 # --- client certificates ------------------------------------------------------------------------------
 
 
-def mtls_config(tmp_path: Path, pki: PKI, auth_type: str = "RequireAndVerifyClientCert", extra: str = "") -> Path:
+def mtls_config(tmp_path: Path, pki: Pki, auth_type: str = "RequireAndVerifyClientCert", extra: str = "") -> Path:
     return tls_config(tmp_path, pki, f"  client_ca_file: {pki.ca.cert}\n  client_auth_type: {auth_type}\n{extra}")
 
 
-def test_client_cert_required_and_verified(tmp_path: Path, pki: PKI) -> None:
+def test_client_cert_required_and_verified(tmp_path: Path, pki: Pki) -> None:
     with serving(mtls_config(tmp_path, pki)) as server:
         assert get(server, client_context(pki, pki.client))[0] == 200
         assert_refused(server, client_context(pki))  # no certificate
-        assert_refused(server, client_context(pki, pki.untrusted_client))
+        assert_refused(server, client_context(pki, pki.stranger_client))
         assert_refused(server, client_context(pki, pki.expired_client))
         assert get(server, client_context(pki, pki.client))[0] == 200  # still serving
 
 
-def test_client_cert_verified_if_given(tmp_path: Path, pki: PKI) -> None:
+def test_client_cert_verified_if_given(tmp_path: Path, pki: Pki) -> None:
     with serving(mtls_config(tmp_path, pki, "VerifyClientCertIfGiven")) as server:
         assert get(server, client_context(pki))[0] == 200
         assert get(server, client_context(pki, pki.client))[0] == 200
-        assert_refused(server, client_context(pki, pki.untrusted_client))
+        assert_refused(server, client_context(pki, pki.stranger_client))
 
 
 @pytest.mark.parametrize("allowed", ["client.example", "spiffe://hyperv/prometheus"])
-def test_san_allowlist(tmp_path: Path, pki: PKI, allowed: str) -> None:
+def test_san_allowlist(tmp_path: Path, pki: Pki, allowed: str) -> None:
     extra = f"  client_allowed_sans: ['{allowed}', 'someone.else']\n"
     with serving(mtls_config(tmp_path, pki, extra=extra)) as server:
         assert get(server, client_context(pki, pki.client))[0] == 200
-        status, body = get(server, client_context(pki, pki.other_client))
+        status, body = get(server, client_context(pki, pki.intruder_client))
         assert status == 403
         assert b"client certificate not allowed" in body
 
@@ -305,7 +171,7 @@ def test_san_matching_normalises_ip_addresses() -> None:
 # --- loading and validation ---------------------------------------------------------------------------
 
 
-def test_toolkit_sample_loads_with_its_certificates(tmp_path: Path, pki: PKI) -> None:
+def test_toolkit_sample_loads_with_its_certificates(tmp_path: Path, pki: Pki) -> None:
     shutil.copy(FIXTURES / "toolkit-web-config.yml", tmp_path / "web-config.yml")
     shutil.copy(pki.server.cert, tmp_path / "server.crt")
     shutil.copy(pki.server.key, tmp_path / "server.key")
@@ -315,7 +181,7 @@ def test_toolkit_sample_loads_with_its_certificates(tmp_path: Path, pki: PKI) ->
 
 
 def test_relative_paths_resolve_against_the_config_directory(
-    tmp_path: Path, pki: PKI, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, pki: Pki, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     conf_dir = tmp_path / "conf"
     (conf_dir / "certs").mkdir(parents=True)
@@ -334,7 +200,7 @@ def test_relative_paths_resolve_against_the_config_directory(
         assert get(server, client_context(pki, pki.client))[0] == 200
 
 
-def test_missing_key_file_is_named(tmp_path: Path, pki: PKI) -> None:
+def test_missing_key_file_is_named(tmp_path: Path, pki: Pki) -> None:
     config = write_config(
         tmp_path / "web.yml", f"tls_server_config:\n  cert_file: {pki.server.cert}\n  key_file: nope.key\n"
     )
@@ -346,7 +212,7 @@ def test_missing_key_file_is_named(tmp_path: Path, pki: PKI) -> None:
     assert str(tmp_path / "nope.key") in message
 
 
-def test_start_raises_web_config_error(tmp_path: Path, pki: PKI) -> None:
+def test_start_raises_web_config_error(tmp_path: Path, pki: Pki) -> None:
     config = write_config(tmp_path / "web.yml", "tls_server_config:\n  cert_file: a.crt\n  key_file: a.key\n")
     server = WebServer(["127.0.0.1:0"], echo, web_config_file=str(config))
     with pytest.raises(WebConfigError, match="cert_file"):
@@ -355,7 +221,7 @@ def test_start_raises_web_config_error(tmp_path: Path, pki: PKI) -> None:
     server.stop()
 
 
-def test_mismatched_key(tmp_path: Path, pki: PKI) -> None:
+def test_mismatched_key(tmp_path: Path, pki: Pki) -> None:
     config = write_config(
         tmp_path / "web.yml", f"tls_server_config:\n  cert_file: {pki.server.cert}\n  key_file: {pki.client.key}\n"
     )
@@ -365,7 +231,7 @@ def test_mismatched_key(tmp_path: Path, pki: PKI) -> None:
         load_web_config(str(config))
 
 
-def test_bad_client_ca(tmp_path: Path, pki: PKI) -> None:
+def test_bad_client_ca(tmp_path: Path, pki: Pki) -> None:
     garbage = tmp_path / "ca.crt"
     garbage.write_text("not a certificate\n")
     config = tls_config(tmp_path, pki, f"  client_ca_file: {garbage}\n  client_auth_type: RequireAndVerifyClientCert\n")
@@ -373,7 +239,7 @@ def test_bad_client_ca(tmp_path: Path, pki: PKI) -> None:
         load_web_config(str(config))
 
 
-def test_inline_cert_key_and_client_ca(tmp_path: Path, pki: PKI) -> None:
+def test_inline_cert_key_and_client_ca(tmp_path: Path, pki: Pki) -> None:
     def block(pem: str) -> str:
         return "|\n" + "".join(f"    {line}\n" for line in pem.splitlines())
 
@@ -390,7 +256,7 @@ def test_inline_cert_key_and_client_ca(tmp_path: Path, pki: PKI) -> None:
         assert_refused(server, client_context(pki))
 
 
-def test_inline_key_never_appears_in_errors(tmp_path: Path, pki: PKI) -> None:
+def test_inline_key_never_appears_in_errors(tmp_path: Path, pki: Pki) -> None:
     # The key of another certificate: well-formed, but the wrong one.
     wrong_key = pki.client.key_pem
     secret_line = wrong_key.splitlines()[1]
@@ -406,7 +272,7 @@ def test_inline_key_never_appears_in_errors(tmp_path: Path, pki: PKI) -> None:
     assert secret_line not in repr(read_web_config(str(config)))
 
 
-def test_encrypted_key_is_refused_without_prompting(tmp_path: Path, pki: PKI) -> None:
+def test_encrypted_key_is_refused_without_prompting(tmp_path: Path, pki: Pki) -> None:
     key = serialization.load_pem_private_key(pki.server.key.read_bytes(), password=None)
     encrypted = tmp_path / "encrypted.key"
     encrypted.write_bytes(
@@ -423,7 +289,7 @@ def test_encrypted_key_is_refused_without_prompting(tmp_path: Path, pki: PKI) ->
         load_web_config(str(config))
 
 
-def test_every_go_cipher_suite_maps_to_openssl(pki: PKI) -> None:
+def test_every_go_cipher_suite_maps_to_openssl(pki: Pki) -> None:
     for name, openssl_name in CIPHER_SUITES.items():
         if openssl_name is None:
             continue
@@ -441,7 +307,7 @@ def _bump_mtime(path: Path, seconds: int) -> None:
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + seconds * 1_000_000_000))
 
 
-def test_certificate_rotation_without_restart(tmp_path: Path, pki: PKI, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_certificate_rotation_without_restart(tmp_path: Path, pki: Pki, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(reload_module, "CHECK_INTERVAL", 0.0)
     live = tmp_path / "live"
     live.mkdir()
@@ -459,7 +325,7 @@ def test_certificate_rotation_without_restart(tmp_path: Path, pki: PKI, monkeypa
         assert der is not None
         return der
 
-    def der(pair: Pair) -> bytes:
+    def der(pair: Issued) -> bytes:
         return x509.load_pem_x509_certificate(pair.cert.read_bytes()).public_bytes(serialization.Encoding.DER)
 
     with serving(config) as server:
@@ -476,7 +342,7 @@ def test_certificate_rotation_without_restart(tmp_path: Path, pki: PKI, monkeypa
 
 
 def test_turning_tls_off_needs_a_restart(
-    tmp_path: Path, pki: PKI, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, pki: Pki, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setattr(reload_module, "CHECK_INTERVAL", 0.0)
     config = tls_config(tmp_path, pki)
