@@ -45,6 +45,8 @@ def demo() -> Iterator[Running]:
 class Stack:
     """A simulated fleet plus an exporter configured from a real config file in front of it."""
 
+    DEFAULT_WINRM = SIM_WINRM + "      max_output_bytes: 8MiB\n"
+
     def __init__(
         self,
         tmp_path: Path,
@@ -52,27 +54,35 @@ class Stack:
         extra_modules: str = "",
         flags: tuple[str, ...] = (),
         endpoint_placeholder: bool = False,
+        *,
+        module_keys: str | None = None,
+        winrm: str = DEFAULT_WINRM,
+        ssl_context: ssl.SSLContext | None = None,
+        allow_unencrypted: bool = True,
+        password: str = "S1m-Pa55word-for-tests",  # noqa: S107 - the simulated fleet's test password
     ) -> None:
-        """``module`` adds keys to the default module; ``extra_modules`` adds modules (with
-        ``endpoint_placeholder``, ``{url}`` in it is the HV-LONDON-01 endpoint)."""
+        """``module`` adds keys to the default module (``module_keys`` replaces them all);
+        ``extra_modules`` adds modules (with ``endpoint_placeholder``, ``{url}`` in it is the
+        HV-LONDON-01 endpoint); ``winrm`` is the module's ``winrm:`` block (``{password_file}`` is
+        filled in)."""
         from hyperv_exporter.sim.fleet import demo_fleet, with_password
         from hyperv_exporter.sim.host import Simulator
 
-        self.password = "S1m-Pa55word-for-tests"
+        self.password = password
         self.fleet = with_password(demo_fleet(), self.password)
-        self.sim = Simulator(self.fleet)
+        self.sim = Simulator(self.fleet, ssl_context=ssl_context, allow_unencrypted=allow_unencrypted)
         self.sim.start()
-        (tmp_path / "password").write_text(self.password + "\n")
+        password_file = tmp_path / "password"
+        password_file.write_text(self.password + "\n")
         if endpoint_placeholder:
             extra_modules = extra_modules.format(url=self.sim.url("HV-LONDON-01"))
+        if module_keys is None:
+            module_keys = f"    cache_ttl: 0s\n    timeout: 10s\n{module}\n"
         self.config_path = tmp_path / "hyperv.yml"
-        config = exporter_config(
-            self.sim.urls(),
-            "password",
-            module_keys=f"    cache_ttl: 0s\n    timeout: 10s\n{module}\n",
-            winrm=SIM_WINRM + "      max_output_bytes: 8MiB\n",
-        )
-        self.config_path.write_text(config + extra_modules + "\n", encoding="utf-8")
+        # Relative to the config file, as an operator would usually write it.
+        config = exporter_config(self.sim.urls(), password_file.name, module_keys=module_keys, winrm=winrm)
+        self.config_text = config + extra_modules + "\n"
+        self.config_path.write_text(self.config_text, encoding="utf-8")
         args = ["--config.file", str(self.config_path), "--web.listen-address", "127.0.0.1:0", *flags]
         try:
             self.running = start(build_parser().parse_args(args))
@@ -164,22 +174,12 @@ class ConfigurableStack(Stack):
         allow_unencrypted: bool = True,
         password: str = "S1m-Pa55word-for-tests",  # noqa: S107 - the simulated fleet's test password
     ) -> None:
-        from hyperv_exporter.sim.fleet import demo_fleet, with_password
-        from hyperv_exporter.sim.host import Simulator
-
-        self.password = password
-        self.fleet = with_password(demo_fleet(), self.password)
-        self.sim = Simulator(self.fleet, ssl_context=ssl_context, allow_unencrypted=allow_unencrypted)
-        self.sim.start()
-        password_file = tmp_path / "password"
-        password_file.write_text(self.password + "\n")
-        self.config_path = tmp_path / "hyperv.yml"
-        self.config_text = exporter_config(self.sim.urls(), str(password_file), module_keys=module + "\n", winrm=winrm)
-        self.config_path.write_text(self.config_text, encoding="utf-8")
-        args = ["--config.file", str(self.config_path), "--web.listen-address", "127.0.0.1:0", *flags]
-        try:
-            self.running = start(build_parser().parse_args(args))
-        except BaseException:
-            self.sim.stop()
-            raise
-        self.url = self.running.server.urls[0]
+        super().__init__(
+            tmp_path,
+            flags=flags,
+            module_keys=module + "\n",
+            winrm=winrm,
+            ssl_context=ssl_context,
+            allow_unencrypted=allow_unencrypted,
+            password=password,
+        )
