@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import logging
+import re
 import secrets
 import signal
 import sys
@@ -240,7 +241,8 @@ def _reload_quietly(app: ExporterApp) -> None:
 
 
 def _print_demo_banner(running: Running) -> None:
-    base = running.server.urls[0]
+    # A wildcard listener ([::] or 0.0.0.0) is not an address a browser can open.
+    base = re.sub(r"//(\[::\]|0\.0\.0\.0):", "//localhost:", running.server.urls[0])
     rows = [("Landing page:", f"{base}/")]
     for name in running.app.config.modules["default"].endpoints:
         host = name.upper()
