@@ -240,6 +240,13 @@ def _session(url: str, **settings: object) -> WinRMSession:
     return WinRMSession(url, winrm, "script")
 
 
+def _transport(url: str) -> HardenedTransport:
+    """The hardened transport alone, Basic auth over plain HTTP to a test endpoint."""
+    return HardenedTransport(
+        endpoint=url, auth_method="basic", username="u", password="pw-for-the-transport", proxy=None, ca_trust_path=None
+    )
+
+
 def test_response_cap_applies_to_every_http_response() -> None:
     with WSManEndpoint(_echo, users={"u": "pw-for-the-transport"}) as endpoint:
         assert _session(endpoint.url).run("cmd", [], time.monotonic() + 5).stdout == b"x" * 20_000
@@ -251,14 +258,7 @@ def test_response_cap_applies_to_every_http_response() -> None:
 def test_compressed_answers_are_never_inflated() -> None:
     with WSManEndpoint(_echo, users={"u": "pw-for-the-transport"}) as endpoint:
         endpoint.fault = Fault("gzip_body")
-        transport = HardenedTransport(
-            endpoint=endpoint.url,
-            auth_method="basic",
-            username="u",
-            password="pw-for-the-transport",
-            proxy=None,
-            ca_trust_path=None,
-        )
+        transport = _transport(endpoint.url)
         transport.deadline = time.monotonic() + 5
         session = transport.build_session()
         assert session.headers["Accept-Encoding"] == "identity"
@@ -269,14 +269,7 @@ def test_compressed_answers_are_never_inflated() -> None:
 def test_a_hung_request_is_aborted_at_the_deadline() -> None:
     with WSManEndpoint(_echo, users={"u": "pw-for-the-transport"}) as endpoint:
         endpoint.fault = Fault("hang")
-        transport = HardenedTransport(
-            endpoint=endpoint.url,
-            auth_method="basic",
-            username="u",
-            password="pw-for-the-transport",
-            proxy=None,
-            ca_trust_path=None,
-        )
+        transport = _transport(endpoint.url)
         transport.read_timeout_sec = 60
         started = time.monotonic()
         transport.deadline = started + 0.5
