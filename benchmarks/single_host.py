@@ -36,13 +36,13 @@ from benchmarks.common import (
     wait_http,
 )
 from benchmarks.stack import MODULE, Stack
-from hyperv_exporter import cimxml, exposition, report, script
-from hyperv_exporter.collectors import COLLECTORS, DEFAULT_COLLECTORS, sections_for
-from hyperv_exporter.collectors.base import ClockExchange
-from hyperv_exporter.config import load_config
-from hyperv_exporter.model import HostReport
-from hyperv_exporter.probe import ProbeResult
-from hyperv_exporter.winrm_client import WinRMSession
+from hyperv_exporter.host import cimxml, exposition, report, script
+from hyperv_exporter.host.collectors import COLLECTORS, DEFAULT_COLLECTORS, sections_for
+from hyperv_exporter.host.collectors.base import ClockExchange
+from hyperv_exporter.host.config import load_config
+from hyperv_exporter.host.model import HostReport
+from hyperv_exporter.host.probe import ProbeResult
+from hyperv_exporter.host.transport.winrs import WinRMSession
 
 NODE_EXPORTER = "/usr/bin/prometheus-node-exporter"
 TIMEOUT = 120.0

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from hyperv_exporter.cli import Running, build_parser, start
+from hyperv_exporter.host.cli import Running, build_parser, start
 from hyperv_exporter.sim.host import SIM_WINRM, exporter_config
 from pki import Pki
 

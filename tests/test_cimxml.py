@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hyperv_exporter import cimxml
+from hyperv_exporter.host import cimxml
 from hyperv_exporter.sim.fleet import kvp_item
 
 # Verbatim shapes from the reference (§2.2): pretty-printed (MicrosoftDocs), tab-indented

@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 
 from conftest import Stack, sample
-from hyperv_exporter import cimxml, exposition
-from hyperv_exporter.collectors import COLLECTORS, sections_for
-from hyperv_exporter.config import DEFAULT_KVP_KEYS
-from hyperv_exporter.probe import ProbeResult
-from hyperv_exporter.report import decode_output, parse_report
+from hyperv_exporter.host import cimxml, exposition
+from hyperv_exporter.host.collectors import COLLECTORS, sections_for
+from hyperv_exporter.host.config import DEFAULT_KVP_KEYS
+from hyperv_exporter.host.probe import ProbeResult
+from hyperv_exporter.host.report import decode_output, parse_report
 
 FIXTURES = Path(__file__).parent / "fixtures" / "reports"
 T0 = 1795800000.0

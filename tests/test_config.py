@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from hyperv_exporter.config import ConfigError, TargetAllowlist, load_config, parse_config, split_target
+from hyperv_exporter.host.config import ConfigError, TargetAllowlist, load_config, parse_config, split_target
 
 GOOD = """modules:
   default:

@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from conftest import REPO
-from hyperv_exporter import cli
+from hyperv_exporter.host import cli
 from promstack import amtool_binary, promtool_binary, run_tool
 
 COMPOSE_DIR = REPO / "deploy" / "compose"

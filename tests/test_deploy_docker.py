@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from conftest import IN_CI, REPO
-from hyperv_exporter import cli
+from hyperv_exporter.host import cli
 
 DOCKERFILE = REPO / "Dockerfile"
 DOCKERIGNORE = REPO / ".dockerignore"
@@ -181,7 +181,7 @@ def test_exposes_the_exporter_port(stages: list[Stage]) -> None:
 
 def test_entrypoint_is_the_console_script_in_the_venv(stages: list[Stage]) -> None:
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]["scripts"]
-    assert scripts["hyperv-exporter"] == "hyperv_exporter.cli:main"
+    assert scripts["hyperv-exporter"] == "hyperv_exporter.host.cli:main"
     (entrypoint,) = stages[-1].all("ENTRYPOINT")
     command = json.loads(entrypoint.args)  # exec form: signals reach the exporter, not a shell
     assert command == ["/opt/hyperv-exporter/bin/hyperv-exporter"]
@@ -264,8 +264,8 @@ def test_dockerignore_keeps_secrets_and_clutter_out_of_the_context() -> None:
                  "docs", "deploy", ".mypy_cache", "hyperv.yml", "password",
                  "exporter/hyperv_exporter.egg-info/PKG-INFO", "exporter/hyperv_exporter/__pycache__/cli.cpython-311.pyc"):  # fmt: skip
         assert ignored(path, rules), f"{path} would be sent to the Docker daemon"
-    for path in ("pyproject.toml", "README.md", "constraints.txt", "exporter/hyperv_exporter/cli.py",
-                 "exporter/hyperv_exporter/collect.ps1", "exporter/hyperv_exporter/sim/demo_fleet.yml"):  # fmt: skip
+    for path in ("pyproject.toml", "README.md", "constraints.txt", "exporter/hyperv_exporter/host/cli.py",
+                 "exporter/hyperv_exporter/host/collect.ps1", "exporter/hyperv_exporter/sim/demo_fleet.yml"):  # fmt: skip
         assert not ignored(path, rules), f"{path} is needed by the build but ignored"
 
 
@@ -302,7 +302,7 @@ def test_wheel_ships_the_package_data_the_code_loads(wheel: zipfile.ZipFile) -> 
         text = path.read_text(encoding="utf-8")
         for package, resource in re.findall(r'resources\.files\("([\w.]+)"\)\.joinpath\("([^"]+)"\)', text):
             loaded.add(package.replace(".", "/") + "/" + resource)
-    assert {"hyperv_exporter/collect.ps1", "hyperv_exporter/sim/demo_fleet.yml"} <= loaded
+    assert {"hyperv_exporter/host/collect.ps1", "hyperv_exporter/sim/demo_fleet.yml"} <= loaded
     assert loaded <= names, f"loaded at run time but not in the wheel: {loaded - names}"
     assert "hyperv_exporter/py.typed" in names
     assert not [n for n in names if n.startswith("tests/") or "/__pycache__/" in n]

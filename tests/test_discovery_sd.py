@@ -16,11 +16,13 @@ from typing import Any
 import pytest
 
 from conftest import Stack
-from hyperv_exporter import discovery
-from hyperv_exporter.config import ConfigError, KvpSettings, Module, TargetAllowlist, WinRMSettings, parse_config
-from hyperv_exporter.discovery import DiscoverySettings, parse_discovery
-from hyperv_exporter.model import KVP_GUEST, KVP_GUEST_INTRINSIC, VM, HostInfo, HostReport, KvpItem
-from hyperv_exporter.probe import ProbeResult
+from hyperv_exporter.host import discovery
+from hyperv_exporter.host import sd as sd_endpoint
+from hyperv_exporter.host.config import ConfigError, KvpSettings, Module, TargetAllowlist, parse_config
+from hyperv_exporter.host.discovery import DiscoverySettings, parse_discovery
+from hyperv_exporter.host.model import KVP_GUEST, KVP_GUEST_INTRINSIC, VM, HostInfo, HostReport, KvpItem
+from hyperv_exporter.host.probe import ProbeResult
+from hyperv_exporter.host.transport.settings import WinRMSettings
 from hyperv_exporter.sim.fleet import kvp_item
 from hyperv_exporter.yamlutil import YamlError, document
 
@@ -29,7 +31,8 @@ NETS = "networks: [10.0.0.0/8]"
 
 # --- configuration --------------------------------------------------------------------------------------
 def settings(text: str, kvp: KvpSettings | None = None, collectors: tuple[str, ...] | None = None) -> DiscoverySettings:
-    return parse_discovery(document(text, "hyperv.yml"), kvp or KvpSettings(), collectors)
+    kvp = kvp or KvpSettings()
+    return parse_discovery(document(text, "hyperv.yml"), kvp.keys, kvp.sources, collectors)
 
 
 def test_defaults() -> None:
@@ -114,7 +117,7 @@ def module(networks: str = "10.0.0.0/8", **kw: Any) -> Module:
 
 
 def groups(mod: Module, *results: ProbeResult) -> list[dict[str, Any]]:
-    return discovery.deduplicate(discovery.target_groups(mod, results))
+    return sd_endpoint.deduplicate(sd_endpoint.target_groups(mod, results))
 
 
 def test_one_group_per_running_vm_with_the_documented_labels() -> None:
@@ -221,7 +224,7 @@ def test_failed_results_are_ignored() -> None:
 
 
 def test_listed_targets_are_names_and_single_addresses_not_patterns_or_networks() -> None:
-    assert discovery.listed_targets(module()) == ["hv01", "hv02", "hv03:15986", "10.9.9.9"]
+    assert sd_endpoint.listed_targets(module()) == ["hv01", "hv02", "hv03:15986", "10.9.9.9"]
 
 
 # --- the endpoint against the simulated fleet -----------------------------------------------------------
@@ -340,9 +343,9 @@ def test_sd_on_demand_probes_respect_prometheus_refresh_interval() -> None:
     mod = module()
     mod = Module(**{**vars(mod), "timeout": 30.0})
     request = Request("GET", "/sd", {}, {"X-Prometheus-Refresh-Interval-Seconds": "10"}, b"", "127.0.0.1")
-    assert discovery.budget_for(request, mod) == 9.0
+    assert sd_endpoint.budget_for(request, mod) == 9.0
     request = Request("GET", "/sd", {}, {}, b"", "127.0.0.1")
-    assert discovery.budget_for(request, mod) == 30.0
+    assert sd_endpoint.budget_for(request, mod) == 30.0
 
 
 def test_config_page_shows_discovery(sd_stack: Stack) -> None:

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO
-from hyperv_exporter import cli, discovery
 from hyperv_exporter.guest import cli as guest_cli
+from hyperv_exporter.host import cli, discovery
 from hyperv_exporter.sim import cli as sim_cli
 from hyperv_exporter.web import config as web_config
 
@@ -40,7 +40,7 @@ def documented(text: str, name: str) -> bool:
 
 
 def config_keys() -> set[str]:
-    keys = mapping_keys(PACKAGE / "config.py") | set(discovery.KEYS)
+    keys = mapping_keys(PACKAGE / "host" / "config.py") | set(discovery.KEYS)
     assert {"modules", "targets", "winrm", "password_file", "keys", "discovery"} <= keys, "the extraction broke"
     return keys
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from conftest import REPO
-from hyperv_exporter.winrm_client import REASONS
+from hyperv_exporter.host.transport.errors import REASONS
 
 TROUBLESHOOTING_MD = REPO / "docs" / "troubleshooting.md"
 

@@ -9,7 +9,7 @@ import winrm
 
 from conftest import Stack, sample
 from hyperv_exporter import enums
-from hyperv_exporter.cli import Running
+from hyperv_exporter.host.cli import Running
 
 
 def test_demo_serves_every_demo_vm_with_correct_labels(demo: Running) -> None:

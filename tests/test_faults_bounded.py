@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ConfigurableStack, Stack, require_tool, sample
-from hyperv_exporter.cli import build_parser
+from hyperv_exporter.host.cli import build_parser
 from hyperv_exporter.web import Request
 
 TARGET = "HV-LONDON-01"

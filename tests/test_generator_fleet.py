@@ -7,11 +7,12 @@ from typing import Any
 
 import pytest
 
-from hyperv_exporter import cimxml, enums, exposition
-from hyperv_exporter.collectors import COLLECTORS, DEFAULT_COLLECTORS, sections_for
-from hyperv_exporter.config import DEFAULT_KVP_KEYS
-from hyperv_exporter.probe import ProbeResult
-from hyperv_exporter.report import decode_output, parse_report
+from hyperv_exporter import enums
+from hyperv_exporter.host import cimxml, exposition
+from hyperv_exporter.host.collectors import COLLECTORS, DEFAULT_COLLECTORS, sections_for
+from hyperv_exporter.host.config import DEFAULT_KVP_KEYS
+from hyperv_exporter.host.probe import ProbeResult
+from hyperv_exporter.host.report import decode_output, parse_report
 from hyperv_exporter.sim.fleet import SimFleet, SimHost
 from hyperv_exporter.sim.generator import generate_fleet, generate_host, mix
 from hyperv_exporter.sim.host import HostRunner, Simulator

@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 
 from conftest import require_tool
-from hyperv_exporter import cimxml, exposition
-from hyperv_exporter.collectors import COLLECTORS
-from hyperv_exporter.collectors.base import ClockExchange
-from hyperv_exporter.config import DEFAULT_KVP_KEYS
-from hyperv_exporter.probe import ProbeResult
-from hyperv_exporter.report import decode_output, parse_report
+from hyperv_exporter.host import cimxml, exposition
+from hyperv_exporter.host.collectors import COLLECTORS
+from hyperv_exporter.host.collectors.base import ClockExchange
+from hyperv_exporter.host.config import DEFAULT_KVP_KEYS
+from hyperv_exporter.host.probe import ProbeResult
+from hyperv_exporter.host.report import decode_output, parse_report
 
 FIXTURES = Path(__file__).parent / "fixtures" / "reports"
 GOLDEN = Path(__file__).parent / "golden"

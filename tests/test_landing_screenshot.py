@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, require_tool
-from hyperv_exporter import landing
-from hyperv_exporter.cli import Running
+from hyperv_exporter.host import landing
+from hyperv_exporter.host.cli import Running
 
 SCREENSHOT = REPO / "docs" / "images" / "landing.png"
 WINDOW = (1440, 800)

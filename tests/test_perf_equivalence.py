@@ -13,8 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hyperv_exporter import cimxml
-from hyperv_exporter.collectors import COLLECTORS, sections_for
+from hyperv_exporter.host import cimxml
+from hyperv_exporter.host.collectors import COLLECTORS, sections_for
 from hyperv_exporter.sim import ps51json
 from hyperv_exporter.sim.fleet import kvp_item
 from hyperv_exporter.sim.generator import generate_fleet

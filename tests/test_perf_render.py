@@ -16,12 +16,12 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
 
-from hyperv_exporter import cimxml, exposition
-from hyperv_exporter.collectors import COLLECTORS, sections_for
-from hyperv_exporter.collectors.base import ClockExchange, EnumFamily, Escaped, Family, go_float, render_families
-from hyperv_exporter.config import DEFAULT_KVP_KEYS
-from hyperv_exporter.probe import ProbeResult
-from hyperv_exporter.report import decode_output, parse_report
+from hyperv_exporter.host import cimxml, exposition
+from hyperv_exporter.host.collectors import COLLECTORS, sections_for
+from hyperv_exporter.host.collectors.base import ClockExchange, EnumFamily, Escaped, Family, go_float, render_families
+from hyperv_exporter.host.config import DEFAULT_KVP_KEYS
+from hyperv_exporter.host.probe import ProbeResult
+from hyperv_exporter.host.report import decode_output, parse_report
 from hyperv_exporter.sim.generator import generate_fleet
 from hyperv_exporter.sim.host import HostRunner
 

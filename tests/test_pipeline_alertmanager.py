@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from hyperv_exporter.cli import Running, build_parser, start
+from hyperv_exporter.host.cli import Running, build_parser, start
 from hyperv_exporter.sim.fleet import SimFleet
 from promstack import (
     ALERTMANAGER_EXAMPLE,

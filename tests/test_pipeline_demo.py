@@ -32,10 +32,10 @@ from typing import Any
 
 import pytest
 
-from hyperv_exporter.cli import Running, build_parser, start
 from hyperv_exporter.guest import cli as guest_cli
 from hyperv_exporter.guest import kvp_pool, timex
 from hyperv_exporter.guest.handler import make_handler
+from hyperv_exporter.host.cli import Running, build_parser, start
 from hyperv_exporter.web import WebServer
 from promstack import (
     GRAFANA_BUILTINS,

@@ -18,14 +18,14 @@ import yaml
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from hyperv_exporter import cimxml, report
-from hyperv_exporter.config import ConfigError, TargetAllowlist, canonical_host, parse_config, split_target
 from hyperv_exporter.guest import kvp_pool, ntp
-from hyperv_exporter.model import HostReport
+from hyperv_exporter.host import cimxml, report
+from hyperv_exporter.host.config import ConfigError, TargetAllowlist, canonical_host, parse_config, split_target
+from hyperv_exporter.host.model import HostReport
+from hyperv_exporter.host.transport.winrs import clixml_errors
 from hyperv_exporter.sim.fleet import kvp_item, parse_fleet
 from hyperv_exporter.web import WebConfigError
 from hyperv_exporter.web.config import parse_web_config
-from hyperv_exporter.winrm_client import clixml_errors
 from hyperv_exporter.yamlutil import YamlError
 
 SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -360,7 +360,7 @@ def test_accepted_targets_cannot_smuggle_anything_into_the_url(target: str) -> N
         host, port = split_target(target)
     except ValueError:
         return
-    from hyperv_exporter.config import WinRMSettings
+    from hyperv_exporter.host.transport.settings import WinRMSettings
 
     url = urlsplit(WinRMSettings().url(host, port))
     assert url.scheme == "https" and url.path == "/wsman" and not url.username and not url.query

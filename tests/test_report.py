@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from hyperv_exporter import cimxml, enums
-from hyperv_exporter.config import DEFAULT_KVP_KEYS
-from hyperv_exporter.model import HostReport
-from hyperv_exporter.report import ReportError, decode_output, parse_report, ticks_to_unix
+from hyperv_exporter import enums
+from hyperv_exporter.host import cimxml
+from hyperv_exporter.host.config import DEFAULT_KVP_KEYS
+from hyperv_exporter.host.model import HostReport
+from hyperv_exporter.host.report import ReportError, decode_output, parse_report, ticks_to_unix
 
 FIXTURES = Path(__file__).parent / "fixtures" / "reports"
 KVP = cimxml.allowlist(DEFAULT_KVP_KEYS, 256)

@@ -8,8 +8,8 @@ import pytest
 import tree_sitter
 import tree_sitter_powershell
 
-from hyperv_exporter import script
-from hyperv_exporter.collectors import COLLECTORS, DEFAULT_COLLECTORS, sections_for
+from hyperv_exporter.host import script
+from hyperv_exporter.host.collectors import COLLECTORS, DEFAULT_COLLECTORS, sections_for
 
 PARSER = tree_sitter.Parser(tree_sitter.Language(tree_sitter_powershell.language()))
 

@@ -13,8 +13,9 @@ from urllib.parse import quote
 
 import pytest
 
-from hyperv_exporter.cli import Running, build_parser, start
-from hyperv_exporter.config import Module, TargetAllowlist, WinRMSettings, canonical_host, split_target
+from hyperv_exporter.host.cli import Running, build_parser, start
+from hyperv_exporter.host.config import Module, TargetAllowlist, canonical_host, split_target
+from hyperv_exporter.host.transport.settings import WinRMSettings
 
 PASSWORD = "Trap-Pa55word-never-sent"
 

@@ -28,7 +28,7 @@ import pytest
 
 from conftest import ConfigurableStack
 from hyperv_exporter import logutil
-from hyperv_exporter.cli import Running
+from hyperv_exporter.host.cli import Running
 from hyperv_exporter.sim.wsman import Fault
 
 pytestmark = pytest.mark.slow
@@ -172,7 +172,7 @@ def test_stack_session_with_faults(tmp_path: Path, logs: LogCapture, winrm: str)
 
 
 def test_secret_objects_do_not_show_themselves() -> None:
-    from hyperv_exporter.config import Secret, WinRMSettings
+    from hyperv_exporter.host.transport.settings import Secret, WinRMSettings
 
     secret = Secret(PASSWORD)
     settings = WinRMSettings(username="u", password=secret)

@@ -18,7 +18,7 @@ import bcrypt
 import pytest
 import requests
 
-from hyperv_exporter.cli import build_parser, start
+from hyperv_exporter.host.cli import build_parser, start
 from hyperv_exporter.sim.fleet import demo_fleet, with_password
 from hyperv_exporter.sim.host import Simulator
 from hyperv_exporter.web import auth

@@ -11,11 +11,13 @@ import pytest
 import requests
 
 from conftest import ConfigurableStack, sample
-from hyperv_exporter import winrm_transport
-from hyperv_exporter.config import ConfigError, WinRMSettings, parse_config
+from hyperv_exporter.host.config import ConfigError, parse_config
+from hyperv_exporter.host.transport import http as winrm_transport
+from hyperv_exporter.host.transport.errors import ProbeError
+from hyperv_exporter.host.transport.http import HardenedTransport, Watchdog
+from hyperv_exporter.host.transport.settings import WinRMSettings
+from hyperv_exporter.host.transport.winrs import WinRMSession
 from hyperv_exporter.sim.wsman import CommandResult, Fault, Shell, WSManEndpoint
-from hyperv_exporter.winrm_client import ProbeError, WinRMSession
-from hyperv_exporter.winrm_transport import HardenedTransport, Watchdog
 from pki import Pki
 
 TARGET = "HV-LONDON-01"
@@ -226,7 +228,7 @@ def _echo(shell: Shell, command: str, arguments: list[str]) -> CommandResult:
 
 
 def _session(url: str, **settings: object) -> WinRMSession:
-    from hyperv_exporter.config import Secret
+    from hyperv_exporter.host.transport.settings import Secret
 
     winrm = WinRMSettings(
         scheme="http",

@@ -46,12 +46,12 @@ def test_hyperv_sim_writes_a_working_exporter_config(tmp_path: Path) -> None:
     try:
         assert sim.stdout is not None
         sim.stdout.readline()  # the config is written before the first URL is printed
-        from hyperv_exporter.config import load_config
+        from hyperv_exporter.host.config import load_config
 
         module = load_config(str(config)).modules["default"]
         assert module.targets.allows("HV-DUBLIN-01") and not module.targets.allows("evil.example")
         assert module.winrm.password is not None and module.winrm.password.get() == "sim-test-password"
-        from hyperv_exporter.cli import build_parser, start
+        from hyperv_exporter.host.cli import build_parser, start
 
         running = start(
             build_parser().parse_args(["--config.file", str(config), "--web.listen-address", "127.0.0.1:0"])

@@ -1,3 +1,3 @@
-from hyperv_exporter.cli import main
+from hyperv_exporter.host.cli import main
 
 raise SystemExit(main())

@@ -33,12 +33,12 @@ from pathlib import Path
 from prometheus_client.core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
-from hyperv_exporter import cimxml, exposition, report
-from hyperv_exporter.collectors import COLLECTORS, sections_for
-from hyperv_exporter.collectors.base import ClockExchange
-from hyperv_exporter.config import DEFAULT_KVP_KEYS
-from hyperv_exporter.probe import ProbeResult
-from hyperv_exporter.selfmetrics import ExporterMetrics
+from hyperv_exporter.host import cimxml, exposition, report
+from hyperv_exporter.host.collectors import COLLECTORS, sections_for
+from hyperv_exporter.host.collectors.base import ClockExchange
+from hyperv_exporter.host.config import DEFAULT_KVP_KEYS
+from hyperv_exporter.host.probe import ProbeResult
+from hyperv_exporter.host.selfmetrics import ExporterMetrics
 
 REGENERATE = "python -m hyperv_exporter.metricsdoc --write docs/metrics.md"
 # Labels whose values are a fixed set (enum names, collectors); their values are listed.

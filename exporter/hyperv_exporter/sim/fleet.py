@@ -28,7 +28,7 @@ from typing import Any
 from xml.sax.saxutils import escape
 
 from hyperv_exporter import enums
-from hyperv_exporter.report import DOTNET_EPOCH_TICKS
+from hyperv_exporter.host.report import DOTNET_EPOCH_TICKS
 from hyperv_exporter.yamlutil import Node, document, read_text
 
 KVP_ARRAYS = ("GuestIntrinsicExchangeItems", "GuestExchangeItems", "HostExchangeItems")

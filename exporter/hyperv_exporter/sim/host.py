@@ -21,7 +21,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from hyperv_exporter import logutil, script
+from hyperv_exporter import logutil
+from hyperv_exporter.host import script
 from hyperv_exporter.sim.fleet import SimFleet, SimHost, to_ticks
 from hyperv_exporter.sim.ps51json import dumps
 from hyperv_exporter.sim.wsman import CommandResult, Shell, WSManEndpoint, clixml_error

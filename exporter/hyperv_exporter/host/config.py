@@ -36,13 +36,12 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from hyperv_exporter import logutil
-from hyperv_exporter.collectors import COLLECTORS
-from hyperv_exporter.discovery import DiscoverySettings, parse_discovery
-from hyperv_exporter.model import KVP_SOURCES
-from hyperv_exporter.winrm_transport import DEFAULT_MAX_RESPONSE_BYTES, HAVE_KERBEROS
+from hyperv_exporter.host.collectors import COLLECTORS
+from hyperv_exporter.host.discovery import DiscoverySettings, parse_discovery
+from hyperv_exporter.host.model import KVP_SOURCES
+from hyperv_exporter.host.transport.http import DEFAULT_MAX_RESPONSE_BYTES, HAVE_KERBEROS
+from hyperv_exporter.host.transport.settings import Secret, WinRMSettings
 from hyperv_exporter.yamlutil import Node, YamlError, document, read_text
 
 DEFAULT_KVP_KEYS = ("OSName", "OSVersion", "FullyQualifiedDomainName", "NetworkAddressIPv4")
@@ -67,30 +66,6 @@ _PATTERN = re.compile(r"[A-Za-z0-9.\-*?\[\]!]+", re.ASCII)
 
 class ConfigError(ValueError):
     """The configuration is invalid; the message says where and why."""
-
-
-class Secret:
-    """A password that never shows itself in reprs, logs or debug output."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-        logutil.register_secret(value)
-
-    def get(self) -> str:
-        return self._value
-
-    def __repr__(self) -> str:
-        return "<secret>"
-
-    __str__ = __repr__
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Secret) and other._value == self._value
-
-    def __hash__(self) -> int:
-        return hash(("Secret", self._value))
 
 
 def split_target(target: str) -> tuple[str, int | None]:
@@ -248,40 +223,6 @@ class TargetAllowlist:
     def describe(self) -> list[str]:
         ports = sorted(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in self.host_ports)
         return sorted(self.names) + ports + list(self.patterns) + [str(n) for n in self.networks]
-
-
-@dataclass(frozen=True)
-class WinRMSettings:
-    scheme: str = "https"
-    port: int = 5986
-    path: str = "/wsman"
-    transport: str = "ntlm"
-    username: str | None = None
-    password: Secret | None = None
-    password_source: str | None = None  # "file /path" or "env NAME", for the landing page
-    ca_file: str | None = None
-    server_cert_validation: str = "validate"
-    client_cert_file: str | None = None
-    client_key_file: str | None = None
-    allow_unencrypted: bool = False
-    message_encryption: str = "auto"
-    kerberos_hostname_override: str | None = None
-    gzip: bool = True
-    max_output_bytes: int = 64 * 1024 * 1024
-    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES  # one WinRM HTTP response body
-    shell_max_idle: float = 600.0
-    shell_max_lifetime: float = 3600.0
-
-    def url(self, host: str, port: int | None) -> str:
-        if ":" in host:  # IPv6 literal
-            host = f"[{host}]"
-        return f"{self.scheme}://{host}:{port or self.port}{self.path}"
-
-    def redacted(self) -> dict[str, Any]:
-        """The settings as shown on the landing page and in debug output (no secrets)."""
-        shown = {k: v for k, v in vars(self).items() if k != "password"}
-        shown["password"] = "<secret>" if self.password is not None else None
-        return shown
 
 
 @dataclass(frozen=True)
@@ -469,18 +410,20 @@ def _module(name: str, node: Node, base: Path) -> Module:
             endpoints[target_key(target, winrm.port)] = url
         except ValueError:
             endpoints[target.lower()] = url  # never matches a valid target, but harmless
+    timeout = keys["timeout"].duration(minimum=0.1) if "timeout" in keys else 30.0
+    kvp = _kvp(keys["kvp"]) if "kvp" in keys else KvpSettings()
     return Module(
         name=name,
         targets=targets,
         winrm=winrm,
-        timeout=keys["timeout"].duration(minimum=0.1) if "timeout" in keys else 30.0,
+        timeout=timeout,
         collectors=collectors,
-        kvp=_kvp(keys["kvp"]) if "kvp" in keys else KvpSettings(),
+        kvp=kvp,
         endpoints=endpoints,
         cache_ttl=keys["cache_ttl"].duration() if "cache_ttl" in keys else 10.0,
         refresh_interval=keys["refresh_interval"].duration() if "refresh_interval" in keys else 0.0,
         discovery=(
-            parse_discovery(keys["discovery"], _kvp(keys["kvp"]) if "kvp" in keys else KvpSettings(), collectors)
+            parse_discovery(keys["discovery"], kvp.keys, kvp.sources, collectors)
             if "discovery" in keys
             else None
         ),

@@ -6,7 +6,7 @@ script on a cmd.exe command line (8,191-character limit) and loops on output wit
 Here the shell is opened once with code page 65001 and the script in its environment, kept across
 probes (re-created after a fault, after ``shell_max_idle`` without use or ``shell_max_lifetime``),
 and every HTTP request is bounded by the probe's deadline. A steady-state probe is three requests:
-Command, Receive, Signal. The HTTP layer is :class:`~hyperv_exporter.winrm_transport.HardenedTransport`
+Command, Receive, Signal. The HTTP layer is :class:`~hyperv_exporter.host.transport.http.HardenedTransport`
 (capped bodies, a hard deadline per request, no DTDs, no plaintext on an encrypted session).
 """
 
@@ -33,31 +33,22 @@ from winrm.exceptions import (
 from winrm.protocol import Protocol
 
 from hyperv_exporter import logutil
-from hyperv_exporter.config import WinRMSettings
-from hyperv_exporter.script import SCRIPT_ENV
-from hyperv_exporter.winrm_transport import (
+from hyperv_exporter.host.script import SCRIPT_ENV
+from hyperv_exporter.host.transport.errors import ProbeError
+from hyperv_exporter.host.transport.http import (
     DeadlineExceeded,
     HardenedTransport,
     ResponseTooLarge,
     UnsafeResponse,
     system_ca_path,
 )
+from hyperv_exporter.host.transport.settings import WinRMSettings
 
 log = logging.getLogger(__name__)
 
-# Failure reasons, used as label values and on the landing page.
-REASONS = ("connection", "timeout", "auth", "tls", "winrm_fault", "powershell", "parse", "output_too_large")
 WSMAN_INVALID_SELECTORS = 2150858843  # the shell or command no longer exists (idle timeout, service restart)
 UTF8_CODEPAGE = 65001
 TransportName = Literal["basic", "certificate", "ntlm", "kerberos"]
-
-
-class ProbeError(Exception):
-    """A probe failed; ``reason`` is one of :data:`REASONS`, the message never contains a secret."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
 
 
 @dataclass(frozen=True, slots=True)

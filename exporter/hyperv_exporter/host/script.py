@@ -36,7 +36,7 @@ _SECTION_NAME = re.compile(r"^[a-z_]+$")
 @lru_cache(maxsize=1)
 def script_text() -> str:
     """The shipped script, with LF line ends (XML transport normalises CR LF to LF anyway)."""
-    text = resources.files("hyperv_exporter").joinpath("collect.ps1").read_text(encoding="utf-8")
+    text = resources.files("hyperv_exporter.host").joinpath("collect.ps1").read_text(encoding="utf-8")
     return text.replace("\r\n", "\n")
 
 

@@ -12,7 +12,7 @@ guest_service_interface, so that VM simply has no such series.
 
 from __future__ import annotations
 
-from hyperv_exporter.collectors.base import VM_LABELS, Collector, CollectorContext, Family, gauge
+from hyperv_exporter.host.collectors.base import VM_LABELS, Collector, CollectorContext, Family, gauge
 
 # In sorted order (see collectors.base.VM_LABELS).
 SERVICE_LABELS = ("service", *VM_LABELS)

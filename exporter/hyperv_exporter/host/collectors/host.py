@@ -8,7 +8,7 @@ hyperv_host_time_offset_uncertainty_seconds 0.0009
 
 from __future__ import annotations
 
-from hyperv_exporter.collectors.base import Collector, CollectorContext, Family, single
+from hyperv_exporter.host.collectors.base import Collector, CollectorContext, Family, single
 
 
 def host_clock_offset(sent: float, script_start: float, script_end: float, received: float) -> tuple[float, float]:

@@ -24,7 +24,7 @@ from typing import ClassVar, Literal
 from prometheus_client.core import Metric
 from prometheus_client.utils import floatToGoString
 
-from hyperv_exporter.model import VM, HostReport
+from hyperv_exporter.host.model import VM, HostReport
 
 # prometheus_client's own formatting (Go's exponent style, +Inf, NaN), so the text cannot drift from it.
 _float_to_go_string: Callable[[float], str] = floatToGoString

@@ -2,8 +2,8 @@
 
 The records keep Hyper-V's meaning but not its quirks: enums are already snake_case label
 values (``unknown`` when absent or new), times are Unix seconds, KVP items are decoded pairs.
-They are built by :mod:`hyperv_exporter.report` and turned into metrics by
-:mod:`hyperv_exporter.collectors`; neither side needs to know the other's format.
+They are built by :mod:`hyperv_exporter.host.report` and turned into metrics by
+:mod:`hyperv_exporter.host.collectors`; neither side needs to know the other's format.
 """
 
 from __future__ import annotations

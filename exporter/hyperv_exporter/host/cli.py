@@ -21,12 +21,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from hyperv_exporter import __version__, allocator, logutil
-from hyperv_exporter.collectors import COLLECTORS
-from hyperv_exporter.config import Config, ConfigError, Module, Secret, TargetAllowlist, WinRMSettings, load_config
-from hyperv_exporter.discovery import DiscoverySettings
-from hyperv_exporter.http_app import ExporterApp
-from hyperv_exporter.probe import Prober
-from hyperv_exporter.selfmetrics import ExporterMetrics
+from hyperv_exporter.host.collectors import COLLECTORS
+from hyperv_exporter.host.config import Config, ConfigError, Module, TargetAllowlist, load_config
+from hyperv_exporter.host.discovery import DiscoverySettings
+from hyperv_exporter.host.http_app import ExporterApp
+from hyperv_exporter.host.probe import Prober
+from hyperv_exporter.host.selfmetrics import ExporterMetrics
+from hyperv_exporter.host.transport.settings import Secret, WinRMSettings
 from hyperv_exporter.web import WebConfigError, WebServer, add_web_flags, load_web_config
 
 if TYPE_CHECKING:  # imported lazily at run time: only --demo needs the simulator

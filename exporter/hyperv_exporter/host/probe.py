@@ -22,13 +22,15 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
-from hyperv_exporter import cimxml, logutil, report, script
-from hyperv_exporter.collectors import COLLECTORS, sections_for
-from hyperv_exporter.collectors.base import ClockExchange
-from hyperv_exporter.config import Module
-from hyperv_exporter.model import HostReport
-from hyperv_exporter.selfmetrics import ExporterMetrics
-from hyperv_exporter.winrm_client import ProbeError, WinRMSession, clixml_errors
+from hyperv_exporter import logutil
+from hyperv_exporter.host import cimxml, report, script
+from hyperv_exporter.host.collectors import COLLECTORS, sections_for
+from hyperv_exporter.host.collectors.base import ClockExchange
+from hyperv_exporter.host.config import Module
+from hyperv_exporter.host.model import HostReport
+from hyperv_exporter.host.selfmetrics import ExporterMetrics
+from hyperv_exporter.host.transport.errors import ProbeError
+from hyperv_exporter.host.transport.winrs import WinRMSession, clixml_errors
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from prometheus_client import (
 )
 
 from hyperv_exporter import __version__
-from hyperv_exporter.winrm_client import REASONS
+from hyperv_exporter.host.transport.errors import REASONS
 
 
 class ExporterMetrics:

@@ -10,7 +10,7 @@ hyperv_vm_dynamic_memory_enabled{vm="web01",vm_id="..."} 0
 
 from __future__ import annotations
 
-from hyperv_exporter.collectors.base import Collector, CollectorContext, Family, gauge, vm_labels
+from hyperv_exporter.host.collectors.base import Collector, CollectorContext, Family, gauge, vm_labels
 
 _FIELDS = (
     ("hyperv_vm_processors", "Virtual processors assigned to the VM (Get-VM ProcessorCount).", "processor_count"),

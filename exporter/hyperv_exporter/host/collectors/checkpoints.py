@@ -10,8 +10,8 @@ their differencing disks until the volume is full.
 
 from __future__ import annotations
 
-from hyperv_exporter.collectors.base import Collector, CollectorContext, Family, gauge, vm_labels
-from hyperv_exporter.report import REPLICA_SNAPSHOT_TYPES
+from hyperv_exporter.host.collectors.base import Collector, CollectorContext, Family, gauge, vm_labels
+from hyperv_exporter.host.report import REPLICA_SNAPSHOT_TYPES
 
 
 class CheckpointsCollector(Collector):

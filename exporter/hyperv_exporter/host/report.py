@@ -1,4 +1,4 @@
-"""Raw WinRM output -> :class:`~hyperv_exporter.model.HostReport`.
+"""Raw WinRM output -> :class:`~hyperv_exporter.host.model.HostReport`.
 
 Two steps, both defensive because the input crosses a network and partly comes from guests:
 
@@ -24,8 +24,9 @@ import zlib
 from collections.abc import Mapping
 from typing import Any
 
-from hyperv_exporter import cimxml, enums
-from hyperv_exporter.model import (
+from hyperv_exporter import enums
+from hyperv_exporter.host import cimxml
+from hyperv_exporter.host.model import (
     KVP_GUEST,
     KVP_GUEST_INTRINSIC,
     KVP_HOST,

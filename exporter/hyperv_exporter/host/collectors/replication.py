@@ -13,7 +13,7 @@ per-VM series count of an ordinary host unchanged. A replica VM is off by design
 from __future__ import annotations
 
 from hyperv_exporter import enums
-from hyperv_exporter.collectors.base import Collector, CollectorContext, Family, enum_gauge, gauge, vm_labels
+from hyperv_exporter.host.collectors.base import Collector, CollectorContext, Family, enum_gauge, gauge, vm_labels
 
 
 class ReplicationCollector(Collector):

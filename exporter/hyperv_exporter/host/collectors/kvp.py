@@ -4,13 +4,13 @@
                        value="Windows Server 2019 Datacenter"} 1
 
 Keys come from the module's ``kvp.keys`` allowlist only; values are guest-written, so they were
-cleaned and length-capped by :mod:`hyperv_exporter.cimxml`. A VM that is not running has no KVP
+cleaned and length-capped by :mod:`hyperv_exporter.host.cimxml`. A VM that is not running has no KVP
 component and therefore no series here.
 """
 
 from __future__ import annotations
 
-from hyperv_exporter.collectors.base import VM_LABELS, Collector, CollectorContext, Family, gauge
+from hyperv_exporter.host.collectors.base import VM_LABELS, Collector, CollectorContext, Family, gauge
 
 
 class KvpCollector(Collector):

@@ -13,8 +13,8 @@ from collections.abc import Iterable, Mapping
 from urllib.parse import quote
 
 from hyperv_exporter import __version__
-from hyperv_exporter.config import Module
-from hyperv_exporter.probe import ProbeSummary
+from hyperv_exporter.host.config import Module
+from hyperv_exporter.host.probe import ProbeSummary
 
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }

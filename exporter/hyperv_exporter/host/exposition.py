@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from prometheus_client.core import Metric
 
 from hyperv_exporter import logutil
-from hyperv_exporter.collectors import COLLECTORS
-from hyperv_exporter.collectors.base import CollectorContext, Escaped, Family, single
-from hyperv_exporter.probe import ProbeResult
+from hyperv_exporter.host.collectors import COLLECTORS
+from hyperv_exporter.host.collectors.base import CollectorContext, Escaped, Family, single
+from hyperv_exporter.host.probe import ProbeResult
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Collectors: each maps part of a :class:`~hyperv_exporter.model.HostReport` to metric families.
+"""Collectors: each maps part of a :class:`~hyperv_exporter.host.model.HostReport` to metric families.
 
 One module per collector; :data:`COLLECTORS` is the single registry from which the
 ``--collector.NAME`` flags, the config's ``collectors:`` list, the script's ``-Collectors``
@@ -7,14 +7,14 @@ sections and the docs are all derived, so adding a collector means adding one mo
 
 from __future__ import annotations
 
-from hyperv_exporter.collectors.base import Collector, CollectorContext
-from hyperv_exporter.collectors.checkpoints import CheckpointsCollector
-from hyperv_exporter.collectors.host import HostCollector
-from hyperv_exporter.collectors.integration_services import IntegrationServicesCollector
-from hyperv_exporter.collectors.kvp import KvpCollector
-from hyperv_exporter.collectors.replication import ReplicationCollector
-from hyperv_exporter.collectors.resources import ResourcesCollector
-from hyperv_exporter.collectors.vm import VMCollector
+from hyperv_exporter.host.collectors.base import Collector, CollectorContext
+from hyperv_exporter.host.collectors.checkpoints import CheckpointsCollector
+from hyperv_exporter.host.collectors.host import HostCollector
+from hyperv_exporter.host.collectors.integration_services import IntegrationServicesCollector
+from hyperv_exporter.host.collectors.kvp import KvpCollector
+from hyperv_exporter.host.collectors.replication import ReplicationCollector
+from hyperv_exporter.host.collectors.resources import ResourcesCollector
+from hyperv_exporter.host.collectors.vm import VMCollector
 
 COLLECTORS: dict[str, type[Collector]] = {
     c.name: c

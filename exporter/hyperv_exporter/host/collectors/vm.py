@@ -11,7 +11,15 @@ hyperv_vm_uptime_seconds{vm="web01",vm_id="8e3ece81-..."} 311352.37
 from __future__ import annotations
 
 from hyperv_exporter import enums
-from hyperv_exporter.collectors.base import VM_LABELS, Collector, CollectorContext, Family, enum_gauge, gauge, vm_labels
+from hyperv_exporter.host.collectors.base import (
+    VM_LABELS,
+    Collector,
+    CollectorContext,
+    Family,
+    enum_gauge,
+    gauge,
+    vm_labels,
+)
 
 
 class VMCollector(Collector):

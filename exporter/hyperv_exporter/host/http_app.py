@@ -18,11 +18,12 @@ from typing import Any
 import yaml
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from hyperv_exporter import discovery, exposition, logutil
-from hyperv_exporter.config import Config, ConfigError, Module, split_target
-from hyperv_exporter.landing import render_landing
-from hyperv_exporter.probe import Prober
-from hyperv_exporter.selfmetrics import ExporterMetrics
+from hyperv_exporter import logutil
+from hyperv_exporter.host import exposition, sd
+from hyperv_exporter.host.config import Config, ConfigError, Module, split_target
+from hyperv_exporter.host.landing import render_landing
+from hyperv_exporter.host.probe import Prober
+from hyperv_exporter.host.selfmetrics import ExporterMetrics
 from hyperv_exporter.web import Request, Response
 
 log = logging.getLogger(__name__)
@@ -57,7 +58,7 @@ class ExporterApp:
         routes: dict[str, Route] = {
             "/": self.landing,
             "/probe": self.probe,
-            "/sd": lambda r: discovery.respond(r, self.config.modules, self.prober),
+            "/sd": lambda r: sd.respond(r, self.config.modules, self.prober),
             "/metrics": self.self_metrics,
             "/config": self.show_config,
             "/-/healthy": lambda r: Response(body="Healthy\n"),
