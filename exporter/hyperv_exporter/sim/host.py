@@ -17,7 +17,7 @@ import gzip
 import logging
 import ssl
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -25,6 +25,7 @@ from hyperv_exporter import logutil
 from hyperv_exporter.host import script
 from hyperv_exporter.sim.fleet import SimFleet, SimHost, to_ticks
 from hyperv_exporter.sim.ps51json import dumps
+from hyperv_exporter.sim.scale import filter_document_kvp
 from hyperv_exporter.sim.wsman import CommandResult, Shell, WSManEndpoint, clixml_error
 
 log = logging.getLogger(__name__)
@@ -81,6 +82,14 @@ def _encoded_command(tokens: list[str]) -> str | None:
     return None
 
 
+def encode_stdout(text: str, use_gzip: bool, codepage: int) -> bytes:
+    """The bytes collect.ps1 prints for its JSON ``text``: gzip + base64 with ``-Gzip``, else the text."""
+    if use_gzip:
+        return base64.b64encode(gzip.compress(text.encode("utf-8"), mtime=0))
+    # With the console code page left at 437, non-ASCII names come out as '?' on a real host.
+    return text.encode("utf-8" if codepage == 65001 else f"cp{codepage}", errors="replace")
+
+
 class HostRunner:
     """The CommandRunner for one simulated host."""
 
@@ -102,8 +111,8 @@ class HostRunner:
             text = script.decode_command(encoded) if encoded else ""
         except ValueError:
             text = ""
-        loader = script.parse_loader(text)
-        if loader is None:
+        invocation = script.parse_invocation(text)
+        if invocation is None:
             return CommandResult(
                 stderr=clixml_error(
                     "hyperv-sim: this simulated Hyper-V host runs only the hyperv-exporter collection script."
@@ -125,11 +134,12 @@ class HostRunner:
                 ),
                 exit_code=1,
             )
-        sections, use_gzip = loader
         self.runs += 1
-        return self.answer(sections, use_gzip, shell.codepage)
+        return self.answer(invocation.sections, invocation.gzip, shell.codepage, invocation.kvp_keys)
 
-    def answer(self, sections: list[str], use_gzip: bool, codepage: int) -> CommandResult:
+    def answer(
+        self, sections: list[str], use_gzip: bool, codepage: int, kvp_keys: Sequence[str] | None = None
+    ) -> CommandResult:
         host = self.host
         fault = host.output_fault
         started = time.time()
@@ -147,6 +157,8 @@ class HostRunner:
                 run_seconds=host.run_seconds,
             )
         doc = host.document(sections, started)
+        if kvp_keys is not None:
+            filter_document_kvp(doc, kvp_keys)
         if fault == "vm_section_error":
             doc["VMs"] = []
             doc["Sections"]["vm"]["Error"] = (
@@ -166,16 +178,12 @@ class HostRunner:
             text = '{"SchemaVersion":1,"VMs":[' + ",".join(['{"Name":"x"}'] * 400_000) + "]}"
         elif fault == "deep_nesting":
             text = '{"SchemaVersion":1,"VMs":' + "[" * 100_000 + "]" * 100_000 + "}"
-        encoding = "utf-8" if codepage == 65001 else f"cp{codepage}"
-        if fault == "cp1252":
-            encoding, use_gzip = "cp1252", False
         if fault == "zip_bomb":
             stdout = _zip_bomb()
-        elif use_gzip:
-            stdout = base64.b64encode(gzip.compress(text.encode("utf-8"), mtime=0))
+        elif fault == "cp1252":
+            stdout = text.encode("cp1252", errors="replace")
         else:
-            # With the console code page left at 437, non-ASCII names come out as '?' on a real host.
-            stdout = text.encode(encoding, errors="replace")
+            stdout = encode_stdout(text, use_gzip, codepage)
         if fault == "not_json":
             stdout = b"WARNING: something went wrong, and this is not JSON"
         elif fault == "truncated":
@@ -251,10 +259,12 @@ class Simulator:
     allow_unencrypted: bool = True
     endpoints: dict[str, WSManEndpoint] = field(default_factory=dict)
     runners: dict[str, HostRunner] = field(default_factory=dict)
+    # Builds each host's command runner; replayed captures bring their own (sim.replay.runner_for).
+    runner_factory: Callable[[SimHost], HostRunner] = HostRunner
 
     def start(self) -> None:
         for host in self.fleet.hosts:
-            runner = HostRunner(host)
+            runner = self.runner_factory(host)
             users = _HostUsers(host) if host.password is not None else None
             endpoint = WSManEndpoint(
                 runner,
