@@ -159,6 +159,7 @@ class HostRunner:
         doc = host.document(sections, started)
         if kvp_keys is not None:
             filter_document_kvp(doc, kvp_keys)
+        host.migrate_after_run()  # a VM live-migrating between cluster nodes is on the other node next time
         if fault == "vm_section_error":
             doc["VMs"] = []
             doc["Sections"]["vm"]["Error"] = (
