@@ -1,6 +1,6 @@
 # hyperv-exporter collection script, schema 1.
 #
-# Runs once per probe on a Hyper-V host under Windows PowerShell 5.1 and prints ONE document: JSON,
+# Runs once per probe on a Hyper-V host under Windows PowerShell and prints ONE document: JSON,
 # or that JSON gzip-compressed and base64-encoded when -Gzip is given. The exporter ships this
 # file in the WinRS shell's environment (HYPERV_EXPORTER_SCRIPT) and starts it with a short
 # -EncodedCommand loader, so cmd.exe's 8,191-character command line limit never applies to it.
@@ -19,9 +19,16 @@
 #   message); the section itself and the other VMs' data stay.
 # - Success is exit code 0 plus a document that parses; stderr may carry progress records.
 # - KVP items are passed on as the raw CIM-XML strings Hyper-V stores; the exporter parses them
-#   with an XML parser that refuses entities and keeps only allowlisted keys.
+#   with an XML parser that refuses entities and keeps only allowlisted keys. With -KvpKeys only
+#   the items whose text contains one of those keys (as CIM-XML writes it) leave the host: the same
+#   pre-filter the exporter applies, so the result is the same while a large host serialises and
+#   sends a fraction of the data (docs/performance.md, "Large hosts").
+# - Windows PowerShell 3.0 or later (Windows Server 2012 and 2012 R2 without WMF 5.1 included):
+#   nothing newer than 3.0 ([ordered], Get-CimInstance, ConvertTo-Json) is used; no classes,
+#   ::new(), using or PowerShell 5 operators (docs/deployment.md lists the supported versions).
 param(
     [string]$Collectors = 'vm',
+    [string[]]$KvpKeys = @(),
     [switch]$Gzip
 )
 
@@ -72,6 +79,19 @@ function ConvertTo-Array($Value) {
     # @($null) is a one-element array in PowerShell; an absent value must become an empty one.
     if ($null -eq $Value) { return ,@() }
     return ,@($Value)
+}
+
+# -KvpKeys as one case-sensitive pattern: each key XML-escaped like the exporter's needles, then
+# regex-escaped. `$array -cmatch` filters the whole array in one operation, not one pipeline step per item.
+$kvpPattern = $null
+if ($KvpKeys.Count -gt 0) {
+    $kvpPattern = @($KvpKeys | ForEach-Object { [regex]::Escape($_.Replace('&', '&amp;').Replace('<', '&lt;').Replace('>', '&gt;')) }) -join '|'
+}
+
+function Select-KvpItem($Items) {
+    $all = ConvertTo-Array $Items
+    if ($null -eq $kvpPattern -or $all.Count -eq 0) { return ,$all }
+    return ,@($all -cmatch $kvpPattern)
 }
 
 function ConvertTo-Ticks($Value) {
@@ -132,13 +152,18 @@ if ($want['kvp']) {
     Invoke-Section 'kvp' {
         # Msvm_KvpExchangeComponent exists only for running VMs; SystemName is the VM GUID. Both
         # queries cover every VM at once and a VM that vanished simply has no instance: no per-VM errors.
-        foreach ($k in @(Get-CimInstance -Namespace root/virtualization/v2 -ClassName Msvm_KvpExchangeComponent)) {
-            $kvpGuest[([string]$k.SystemName).ToUpperInvariant()] = $k
+        # The instances stream through the pipeline and only their (-KvpKeys filtered) items are kept,
+        # so a large host does not hold every VM's full KVP data at once.
+        Get-CimInstance -Namespace root/virtualization/v2 -ClassName Msvm_KvpExchangeComponent | ForEach-Object {
+            $kvpGuest[([string]$_.SystemName).ToUpperInvariant()] = [ordered]@{
+                Intrinsic = Select-KvpItem $_.GuestIntrinsicExchangeItems
+                Guest = Select-KvpItem $_.GuestExchangeItems
+            }
         }
         # Host-to-guest items live on the setting data; its InstanceID starts with Microsoft:<VM GUID>.
-        foreach ($s in @(Get-CimInstance -Namespace root/virtualization/v2 -ClassName Msvm_KvpExchangeComponentSettingData)) {
-            if ([string]$s.InstanceID -match '([0-9A-Fa-f]{8}-(?:[0-9A-Fa-f]{4}-){3}[0-9A-Fa-f]{12})') {
-                $kvpHost[$Matches[1].ToUpperInvariant()] = $s.HostExchangeItems
+        Get-CimInstance -Namespace root/virtualization/v2 -ClassName Msvm_KvpExchangeComponentSettingData | ForEach-Object {
+            if ([string]$_.InstanceID -match '([0-9A-Fa-f]{8}-(?:[0-9A-Fa-f]{4}-){3}[0-9A-Fa-f]{12})') {
+                $kvpHost[$Matches[1].ToUpperInvariant()] = Select-KvpItem $_.HostExchangeItems
             }
         }
     }
@@ -199,8 +224,8 @@ foreach ($vm in $vms) {
         $k = $kvpGuest[$id]
         $row.Kvp = if ($null -ne $k) {
             [ordered]@{
-                GuestIntrinsicExchangeItems = ConvertTo-Array $k.GuestIntrinsicExchangeItems
-                GuestExchangeItems = ConvertTo-Array $k.GuestExchangeItems
+                GuestIntrinsicExchangeItems = $k.Intrinsic
+                GuestExchangeItems = $k.Guest
                 HostExchangeItems = ConvertTo-Array $kvpHost[$id]
             }
         } else { $null }
@@ -234,24 +259,43 @@ foreach ($vm in $vms) {
   } catch { Add-VMProblem 'vm' $vm $_ }
 }
 
-$doc = [ordered]@{
-    SchemaVersion = 1
-    Host = $hostInfo
-    VMs = ConvertTo-Array $rows.ToArray()
-    Sections = $sections
-    VMProblems = ConvertTo-Array $vmProblems.ToArray()
-    ClockStartTicks = $clockStart
-}
-$json = ConvertTo-Json -InputObject $doc -Depth 8 -Compress
-# The end-of-run clock is read as late as possible (after serialisation) and spliced in: the
-# exporter computes the host clock offset NTP-style from both readings and its own send/receive times.
-$json = $json.Substring(0, $json.Length - 1) + ',"ClockEndTicks":' + [DateTime]::UtcNow.Ticks + '}'
+# The document goes out in parts: ConvertTo-Json builds its whole text in one StringBuilder (about
+# 8 bytes of memory a character at its peak), which for a large host with KVP was the biggest part of
+# the script's memory (WinRS MaxMemoryPerShellMB; docs/performance.md, "Large hosts"). One batch of
+# VMs at a time keeps that to a batch's size; with -Gzip only the compressed bytes are held. The
+# text is the same as one ConvertTo-Json of the whole document (-Compress adds no whitespace).
+# ConvertTo-Json -InputObject keeps an array an array, also with one element or none.
+$utf8 = New-Object System.Text.UTF8Encoding $false
+$zipBuffer = $null
+$zipStream = $null
 if ($Gzip) {
-    $bytes = [Text.Encoding]::UTF8.GetBytes($json)
-    $buffer = New-Object System.IO.MemoryStream
-    $zipStream = New-Object System.IO.Compression.GZipStream($buffer, [IO.Compression.CompressionMode]::Compress)
-    $zipStream.Write($bytes, 0, $bytes.Length)
-    $zipStream.Close()
-    $json = [Convert]::ToBase64String($buffer.ToArray())
+    $zipBuffer = New-Object System.IO.MemoryStream
+    $zipStream = New-Object System.IO.Compression.GZipStream($zipBuffer, [IO.Compression.CompressionMode]::Compress)
 }
-[Console]::Out.Write($json)
+
+function Write-Part([string]$Text) {
+    if ($null -ne $zipStream) {
+        $bytes = $utf8.GetBytes($Text)
+        $zipStream.Write($bytes, 0, $bytes.Length)
+    } else {
+        [Console]::Out.Write($Text)
+    }
+}
+
+Write-Part ('{"SchemaVersion":1,"Host":' + (ConvertTo-Json -InputObject $hostInfo -Depth 8 -Compress) + ',"VMs":[')
+$batchSize = 100
+for ($i = 0; $i -lt $rows.Count; $i += $batchSize) {
+    $batch = $rows.GetRange($i, [Math]::Min($batchSize, $rows.Count - $i)).ToArray()
+    $part = ConvertTo-Json -InputObject $batch -Depth 8 -Compress
+    if ($i -gt 0) { Write-Part ',' }
+    Write-Part $part.Substring(1, $part.Length - 2)
+}
+$tail = '],"Sections":' + (ConvertTo-Json -InputObject $sections -Depth 8 -Compress)
+$tail += ',"VMProblems":' + (ConvertTo-Json -InputObject (ConvertTo-Array $vmProblems.ToArray()) -Depth 8 -Compress)
+# The end-of-run clock is read as late as possible (after serialisation): the exporter computes the
+# host clock offset NTP-style from both readings and its own send/receive times.
+Write-Part ($tail + ',"ClockStartTicks":' + $clockStart + ',"ClockEndTicks":' + [DateTime]::UtcNow.Ticks + '}')
+if ($null -ne $zipStream) {
+    $zipStream.Close()
+    [Console]::Out.Write([Convert]::ToBase64String($zipBuffer.ToArray()))
+}

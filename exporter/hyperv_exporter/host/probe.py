@@ -255,7 +255,7 @@ class Prober:
         try:
             with session.lock:
                 result.note(f"probing {session.url} with collectors {','.join(collectors)}")
-                command, args = script.command_line(sections_for(collectors), module.winrm.gzip)
+                command, args = script.probe_command(sections_for(collectors), module.winrm.gzip, module.kvp.keys)
                 exchange = session.run(command, args, deadline)
             result.requests = exchange.requests
             result.output_bytes = len(exchange.stdout)

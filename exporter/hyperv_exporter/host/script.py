@@ -111,6 +111,17 @@ def parse_loader(text: str) -> tuple[list[str], bool] | None:
     return None if invocation is None else (invocation.sections, invocation.gzip)
 
 
+def probe_command(sections: Sequence[str], gzip: bool, kvp_keys: Sequence[str]) -> tuple[str, list[str]]:
+    """The command a probe runs: with ``-KvpKeys`` (the module's allowlist, filtered on the host)
+    whenever the kvp section runs and the keys can travel on the command line."""
+    if "kvp" in sections and host_filterable(kvp_keys):
+        try:
+            return command_line(sections, gzip, kvp_keys)
+        except ValueError:
+            pass  # hundreds of keys do not fit cmd.exe's line: the exporter filters alone, as before
+    return command_line(sections, gzip)
+
+
 def encode_command(ps: str) -> str:
     """PowerShell's -EncodedCommand form: base64 of the UTF-16LE text."""
     return base64.b64encode(ps.encode("utf-16-le")).decode("ascii")

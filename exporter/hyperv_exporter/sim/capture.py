@@ -15,17 +15,19 @@ captures hosts of the built-in demo fleet (or ``--fleet.file``) served in-proces
 from __future__ import annotations
 
 import argparse
+import base64
 import ipaddress
 import json
 import re
 import sys
 import time
+import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from hyperv_exporter import __version__
-from hyperv_exporter.host import report, script
+from hyperv_exporter.host import script
 from hyperv_exporter.host.collectors import COLLECTORS, sections_for
 from hyperv_exporter.host.transport.errors import ProbeError
 from hyperv_exporter.host.transport.settings import Secret, WinRMSettings
@@ -52,6 +54,15 @@ _ITEM_DATA = re.compile(r'(<PROPERTY NAME="Data" TYPE="string"><VALUE>)(.*?)(</V
 NOT_CANONICAL = "<pseudonymized: a KVP item not in the canonical CIM-XML layout was removed>"
 
 
+def _inflate(stdout: bytes, limit: int) -> bytes:
+    """``-Gzip`` output (base64 of gzip) inflated, at most ``limit`` bytes; other output as it is."""
+    data = stdout.strip()
+    if not data.startswith(b"H4sI"):
+        return stdout
+    inflater = zlib.decompressobj(wbits=31)
+    return inflater.decompress(base64.b64decode(data), limit)
+
+
 def capture_run(
     url: str,
     settings: WinRMSettings,
@@ -67,9 +78,7 @@ def capture_run(
         exchange = session.run(command, args, time.monotonic() + timeout)
     finally:
         session.close()
-    stdout = exchange.stdout.decode("utf-8", errors="replace")
-    if exchange.exit_code == 0:
-        stdout = report.decode_output(exchange.stdout, settings.max_output_bytes)  # gzip runs: stored inflated
+    stdout = _inflate(exchange.stdout, settings.max_output_bytes).decode("utf-8", errors="replace")
     return CaptureRun(
         collectors=tuple(sections),
         kvp_keys=None if kvp_keys is None else tuple(kvp_keys),

@@ -186,6 +186,10 @@ class SimHost:
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
     # Output faults for resilience tests (see sim.host.OUTPUT_FAULTS); None = answer normally.
     output_fault: str | None = None
+    # WinRS MaxMemoryPerShellMB: a run whose modelled peak (sim.scale.MODEL) exceeds it fails with the
+    # OutOfMemoryException a real host gives. None: not enforced.
+    max_memory_per_shell_mb: int | None = None
+    last_peak_memory_bytes: int = 0  # the model's estimate for the latest run (when enforced)
     cluster: str | None = None  # failover cluster name (MSCluster_Cluster Name); None: not clustered
     service_names: dict[str, str] = field(default_factory=dict)  # IntegrationServiceNames: per-host overrides
     guest_service_interface: bool | None = None  # None: from the Windows version (2012 R2 and later)
@@ -531,7 +535,7 @@ def _password(keys: dict[str, Node], base: Path) -> str | None:
 def _host(node: Node, base: Path, now: float) -> SimHost:
     keys = node.mapping(HOST_KEYS, required=["ComputerName"])
     sim = keys["Simulator"].mapping(
-        ["Port", "Username", "PasswordFile", "PasswordEnv", "LatencySeconds", "RunSeconds"]
+        ["Port", "Username", "PasswordFile", "PasswordEnv", "LatencySeconds", "RunSeconds", "MaxMemoryPerShellMB"]
     ) if "Simulator" in keys else {}  # fmt: skip
     vms = [_vm(item, now) for item in keys["VMs"].items()] if "VMs" in keys else []
     ids = [vm.id.lower() for vm in vms]
@@ -557,6 +561,7 @@ def _host(node: Node, base: Path, now: float) -> SimHost:
         password=_password(sim, base),
         latency=sim["LatencySeconds"].number(minimum=0) if "LatencySeconds" in sim else 0.0,
         run_seconds=sim["RunSeconds"].number(minimum=0) if "RunSeconds" in sim else 0.05,
+        max_memory_per_shell_mb=sim["MaxMemoryPerShellMB"].integer(1) if "MaxMemoryPerShellMB" in sim else None,
         cluster=keys["Cluster"].string() if "Cluster" in keys else None,
         service_names=service_names,
         guest_service_interface=keys["GuestServiceInterface"].boolean() if "GuestServiceInterface" in keys else None,

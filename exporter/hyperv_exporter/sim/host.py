@@ -23,9 +23,9 @@ from functools import lru_cache
 
 from hyperv_exporter import logutil
 from hyperv_exporter.host import script
+from hyperv_exporter.sim import scale
 from hyperv_exporter.sim.fleet import SimFleet, SimHost, to_ticks
 from hyperv_exporter.sim.ps51json import dumps
-from hyperv_exporter.sim.scale import filter_document_kvp
 from hyperv_exporter.sim.wsman import CommandResult, Shell, WSManEndpoint, clixml_error
 
 log = logging.getLogger(__name__)
@@ -96,6 +96,7 @@ class HostRunner:
     def __init__(self, host: SimHost) -> None:
         self.host = host
         self.runs = 0
+        self.last_invocation: script.Invocation | None = None  # what the latest run was asked for
 
     def __call__(self, shell: Shell, command: str, arguments: list[str]) -> CommandResult:
         tokens = " ".join([command, *arguments]).split()
@@ -135,6 +136,7 @@ class HostRunner:
                 exit_code=1,
             )
         self.runs += 1
+        self.last_invocation = invocation
         return self.answer(invocation.sections, invocation.gzip, shell.codepage, invocation.kvp_keys)
 
     def answer(
@@ -158,7 +160,7 @@ class HostRunner:
             )
         doc = host.document(sections, started)
         if kvp_keys is not None:
-            filter_document_kvp(doc, kvp_keys)
+            scale.filter_document_kvp(doc, kvp_keys)
         host.migrate_after_run()  # a VM live-migrating between cluster nodes is on the other node next time
         if fault == "vm_section_error":
             doc["VMs"] = []
@@ -185,6 +187,19 @@ class HostRunner:
             stdout = text.encode("cp1252", errors="replace")
         else:
             stdout = encode_stdout(text, use_gzip, codepage)
+        if host.max_memory_per_shell_mb:
+            peak = scale.MODEL.peak_bytes(
+                len(doc.get("VMs") or ()), scale.kvp_chars(doc), len(text), use_gzip, len(stdout) * 3 // 4
+            )
+            host.last_peak_memory_bytes = peak
+            if peak > host.max_memory_per_shell_mb * scale.MIB:
+                error = clixml_error(
+                    scale.OUT_OF_MEMORY,
+                    category_info="OperationStopped: (:) [], OutOfMemoryException",
+                    error_id="System.OutOfMemoryException",
+                    codepage=codepage,
+                )
+                return CommandResult(stderr=error, exit_code=1, run_seconds=host.run_seconds)
         if fault == "not_json":
             stdout = b"WARNING: something went wrong, and this is not JSON"
         elif fault == "truncated":

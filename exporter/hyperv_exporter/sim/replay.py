@@ -32,11 +32,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hyperv_exporter.host.report import DOTNET_EPOCH_TICKS
 from hyperv_exporter.sim.fleet import SimFleet, SimHost, to_ticks
 from hyperv_exporter.sim.host import HostRunner, encode_stdout
 from hyperv_exporter.sim.ps51json import dumps
 from hyperv_exporter.sim.scale import filter_document_kvp
+from hyperv_exporter.sim.tables import DOTNET_EPOCH_TICKS
 from hyperv_exporter.sim.wsman import CommandResult
 
 CAPTURE_KIND = "hyperv-exporter-capture"
