@@ -58,7 +58,7 @@ def test_english_integration_services_state_text_agrees() -> None:
 
 
 def test_snapshot_types_cover_the_replica_exclusions() -> None:
-    assert report.REPLICA_SNAPSHOT_TYPES <= {enums.snake(t) for t in tables.SNAPSHOT_TYPES}
+    assert {enums.snake(t) for t in tables.SNAPSHOT_TYPES} >= report.REPLICA_SNAPSHOT_TYPES
 
 
 def test_dotnet_epoch_agrees() -> None:
