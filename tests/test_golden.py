@@ -62,7 +62,21 @@ def test_golden_content_for_every_demo_vm() -> None:
         'hyperv_vm_heartbeat{status="lost_communication",vm="web02",vm_id="8e3ece81-7ef3-4581-a6b4-92f152abe268"} 1.0'
         in london
     )
-    assert 'hyperv_vm_integration_services_state{state="update_required",vm="legacy-app"' in london
+    # A 2019 host says nothing about integration services (state "", version 0.0); the guests' own
+    # KVP report does: legacy-app runs 2012 components in a 2012 R2 guest.
+    assert (
+        'hyperv_vm_integration_services_state{state="unknown",vm="legacy-app",vm_id="8e3ece81-7ef3-4581-a6b4-92f152abe269"} 1.0'
+        in london
+    )
+    assert (
+        'hyperv_vm_integration_services_up_to_date{vm="legacy-app",vm_id="8e3ece81-7ef3-4581-a6b4-92f152abe269"} 0.0'
+        in london
+    )
+    assert (
+        'hyperv_vm_integration_services_up_to_date{vm="web01",vm_id="8e3ece81-7ef3-4581-a6b4-92f152abe267"} 1.0'
+        in london
+    )
+    assert 'hyperv_vm_integration_services_up_to_date{vm="build-agent"' not in london  # Linux: no basis
     assert 'hyperv_vm_state{state="saved",vm="jumpbox"' in london
     assert "hyperv_host_time_offset_seconds" in london
     berlin = (GOLDEN / "demo-berlin.prom").read_text(encoding="utf-8")
