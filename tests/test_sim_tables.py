@@ -24,14 +24,6 @@ def test_service_guids_agree() -> None:
     assert tables.SERVICES == enums.SERVICES
 
 
-def test_service_display_names_agree() -> None:
-    assert tables.SERVICE_DISPLAY_NAMES == enums.SERVICE_DISPLAY_NAMES
-
-
-def test_default_enabled_services_agree() -> None:
-    assert set(tables.SERVICES) - tables.DEFAULT_OFF_SERVICES == enums.DEFAULT_ON_SERVICES
-
-
 @pytest.mark.parametrize(
     ("sim", "exporter"),
     [
