@@ -9,6 +9,8 @@ from __future__ import annotations
 import pytest
 
 from conftest import Stack, sample
+from hyperv_exporter.sim import tables
+from hyperv_exporter.sim.fleet import demo_fleet
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -127,3 +129,17 @@ def test_transitional_states(stack: Stack, vm: str, state: str) -> None:
     assert sample(samples, "hyperv_vm_state", vm=vm, state=state) == 1.0
     heartbeat = "ok_applications_healthy" if state == "running" else "unknown"
     assert sample(samples, "hyperv_vm_heartbeat", vm=vm, status=heartbeat) == 1.0
+
+
+def test_the_demo_fleet_has_every_case_of_issue_12() -> None:
+    fleet = demo_fleet()
+    vms = [vm for host in fleet.hosts for vm in host.vms]
+    assert {vm.props["State"] for vm in vms} >= set(tables.TRANSITIONAL_STATES)
+    checkpointing = tables.STATUS_CREATING_CHECKPOINT.split("(")[0]
+    assert any(vm.running() and str(vm.props.get("Status", "")).startswith(checkpointing) for vm in vms)
+    assert any(vm.vanishes() for vm in vms) and any(not vm.has_integration_components() for vm in vms)
+    assert any(vm.props.get("LiveMigratesTo") for vm in vms)
+    generations = {(host.generation(), host.ui_culture) for host in fleet.hosts}
+    assert {("2016+", "en-US"), ("2012r2", "de-DE"), ("2012", "en-US")} <= generations
+    clusters = [host.cluster for host in fleet.hosts if host.cluster]
+    assert clusters == ["HV-CLUSTER-01", "HV-CLUSTER-01"]
