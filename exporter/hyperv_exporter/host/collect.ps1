@@ -178,8 +178,9 @@ if ($want['replication']) {
             param($v) if ([string]$v.ReplicationMode -ne 'None') { Get-VMReplication -VM $v }
         }
         foreach ($r in $all) {
+            # Extended replication gives a VM two relationships; the Simple one (primary <-> replica) is used.
             $key = ([string]$r.VMId).ToUpperInvariant()
-            if (-not $replicas.ContainsKey($key)) { $replicas[$key] = $r }  # extended replication: the first relationship
+            if (-not $replicas.ContainsKey($key) -or [string]$r.ReplicationRelationshipType -eq 'Simple') { $replicas[$key] = $r }
         }
     }
 }
@@ -243,10 +244,11 @@ foreach ($vm in $vms) {
     if ($want['replication']) {
         $r = $replicas[$id]
         $row.Replication = if ($null -ne $r) {
+            # VMReplication's own properties (the table view shows them as State, Health, Mode).
             [ordered]@{
-                State = [string]$r.State
-                Health = [string]$r.Health
-                Mode = [string]$r.Mode
+                State = [string]$r.ReplicationState
+                Health = [string]$r.ReplicationHealth
+                Mode = [string]$r.ReplicationMode
                 LastReplicationTimeTicks = ConvertTo-Ticks $r.LastReplicationTime
             }
         } elseif (Test-VMProblem 'replication' $id) { $null }

@@ -61,7 +61,7 @@ MAX_VM_PROBLEMS = 20_000
 GUEST_FACT_KEYS = frozenset({"IntegrationServicesVersion", "OSVersion"})
 
 # Snapshot types that are Hyper-V Replica recovery points, not user checkpoints (a-schild's
-# Zabbix template v2.1.0 excludes them for the same reason; docs/metrics.md "Checkpoints" says
+# Zabbix template v2.1.0 excludes them for the same reason; docs/alerts.md "Checkpoints" says
 # which types count and why).
 REPLICA_SNAPSHOT_TYPES = frozenset({"replica", "app_consistent_replica", "synced_replica"})
 

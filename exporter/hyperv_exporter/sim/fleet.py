@@ -285,7 +285,7 @@ class SimHost:
             # The module hard-codes ICStatus.None and Version 0.0 (reference: real-windows-behaviour.md).
             return (None if version is None else tables.IS_VERSION_2016), ""
         meaning = p.get("IntegrationServicesState", "Up to date" if vm.running() else "")
-        if not has_ics or not meaning:
+        if version is None or not meaning:  # nothing installed in the guest: nothing to compare
             return version, ""
         key = "up_to_date" if meaning == "Up to date" else "update_required"
         texts = tables.IS_STATE_TEXT.get(self.ui_culture, tables.IS_STATE_TEXT["en-US"])

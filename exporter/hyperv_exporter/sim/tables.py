@@ -129,10 +129,9 @@ NO_INTEGRATION_COMPONENTS_ERROR: Final = (
     "are not available."
 )
 
-# Get-VM Status while a checkpoint is taken and while a VM live-migrates away (Hyper-V Manager's
-# status column shows the same operation texts with a percentage; inference for Get-VM).
+# Get-VM Status while a checkpoint is taken (Hyper-V Manager's status column shows the operation
+# with a percentage; inference for Get-VM's text), and normally (integration-services.md).
 STATUS_CREATING_CHECKPOINT: Final = "Creating checkpoint ({percent}%)"
-STATUS_MIGRATING: Final = "Migrating ({percent}%)"
 STATUS_NORMAL: Final = "Operating normally"
 
 
