@@ -19,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from hyperv_exporter.host.cli import Running, build_parser, start
 from hyperv_exporter.host.collectors import COLLECTORS, sections_for
 from hyperv_exporter.host.transport.settings import Secret, WinRMSettings
-from hyperv_exporter.sim.capture import Pseudonyms, capture_run, pseudonymize
+from hyperv_exporter.sim.capture import Pseudonyms, capture_run, pseudonymize, pseudonymize_document
 from hyperv_exporter.sim.fleet import SimFleet, demo_fleet, with_password
 from hyperv_exporter.sim.host import Simulator, exporter_config
 from hyperv_exporter.sim.replay import (
@@ -190,6 +190,8 @@ def test_pseudonyms_are_consistent() -> None:
     assert p.kvp_item(item.format("s3cret", "ProvisioningToken")) == item.format("value-0001", "ProvisioningToken")
     assert p.name("web01", "vm") == "vm-0001" and p.name("HV01", "HOST") == "HOST-0001"
     assert p.text("VM 'web01': Get-VMSnapshot failed") == "VM 'vm-0001': Get-VMSnapshot failed"
+    doc = pseudonymize_document({"Host": {"ComputerName": "HV-NODE-A", "Cluster": "HV-CLUSTER-01"}, "VMs": []}, p)
+    assert doc["Host"] == {"ComputerName": "HOST-0002", "Cluster": "CLUSTER-0001"}
 
 
 def test_replay_reduces_to_the_requested_sections_and_keys(tmp_path: Path, live: Simulator) -> None:

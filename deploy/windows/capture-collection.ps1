@@ -16,7 +16,7 @@
     (Enter-PSSession <host> -Credential <monitoring account>), which is a network logon like the
     exporter's. Run it in Windows PowerShell (powershell.exe), not PowerShell 7.
 
-    -Pseudonymize replaces the host's and VMs' names, the VM Ids (also inside integration-service
+    -Pseudonymize replaces the host's, its cluster's and the VMs' names, the VM Ids (also inside integration-service
     Ids and error messages) and KVP values, consistently: the same original always gets the same
     pseudonym, so relations survive. KVP values that describe software (OSName, OSVersion,
     IntegrationServicesVersion, ...) are kept; addresses map to 198.18.0.0/15 and 2001:db8::/32.
@@ -314,8 +314,9 @@ function Protect-Document([string]$Json) {
     # serializer ConvertTo-Json uses on 5.1 (so <, >, &, ' are \u escapes as in the original).
     $doc = $serializer.DeserializeObject($Json)
     if ($doc -isnot [Collections.IDictionary]) { return '' }
-    if ($doc['Host'] -is [Collections.IDictionary] -and $doc['Host']['ComputerName']) {
-        [void](Get-PseudoName ([string]$doc['Host']['ComputerName']) 'HOST')
+    if ($doc['Host'] -is [Collections.IDictionary]) {
+        if ($doc['Host']['ComputerName']) { [void](Get-PseudoName ([string]$doc['Host']['ComputerName']) 'HOST') }
+        if ($doc['Host']['Cluster']) { [void](Get-PseudoName ([string]$doc['Host']['Cluster']) 'CLUSTER') }
     }
     foreach ($vm in @($doc['VMs'])) {
         if ($vm -isnot [Collections.IDictionary]) { continue }

@@ -267,7 +267,12 @@ foreach ($vm in $vms) {
 # VMs at a time keeps that to a batch's size; with -Gzip only the compressed bytes are held. The
 # text is the same as one ConvertTo-Json of the whole document (-Compress adds no whitespace).
 # ConvertTo-Json -InputObject keeps an array an array, also with one element or none.
+# Under powershell.exe (WinRS) the parts go straight to the console's stdout, without a trailing
+# newline. In a remote session (PSRP, a JEA command) there is no console: the document is collected
+# and leaves as the pipeline's one output.
+$toConsole = $Host.Name -eq 'ConsoleHost'
 $utf8 = New-Object System.Text.UTF8Encoding $false
+$collected = New-Object System.Text.StringBuilder
 $zipBuffer = $null
 $zipStream = $null
 if ($Gzip) {
@@ -279,12 +284,20 @@ function Write-Part([string]$Text) {
     if ($null -ne $zipStream) {
         $bytes = $utf8.GetBytes($Text)
         $zipStream.Write($bytes, 0, $bytes.Length)
-    } else {
+    } elseif ($toConsole) {
         [Console]::Out.Write($Text)
+    } else {
+        [void]$collected.Append($Text)
     }
 }
 
-Write-Part ('{"SchemaVersion":1,"Host":' + (ConvertTo-Json -InputObject $hostInfo -Depth 8 -Compress) + ',"VMs":[')
+# The members before and after VMs are serialised as objects and cut open: {"SchemaVersion":1,...,"VMs":[
+$head = [ordered]@{
+    SchemaVersion = 1
+    Host = $hostInfo
+}
+$json = ConvertTo-Json -InputObject $head -Depth 8 -Compress
+Write-Part ($json.Substring(0, $json.Length - 1) + ',"VMs":[')
 $batchSize = 100
 for ($i = 0; $i -lt $rows.Count; $i += $batchSize) {
     $batch = $rows.GetRange($i, [Math]::Min($batchSize, $rows.Count - $i)).ToArray()
@@ -292,12 +305,23 @@ for ($i = 0; $i -lt $rows.Count; $i += $batchSize) {
     if ($i -gt 0) { Write-Part ',' }
     Write-Part $part.Substring(1, $part.Length - 2)
 }
-$tail = '],"Sections":' + (ConvertTo-Json -InputObject $sections -Depth 8 -Compress)
-$tail += ',"VMProblems":' + (ConvertTo-Json -InputObject (ConvertTo-Array $vmProblems.ToArray()) -Depth 8 -Compress)
-# The end-of-run clock is read as late as possible (after serialisation): the exporter computes the
-# host clock offset NTP-style from both readings and its own send/receive times.
-Write-Part ($tail + ',"ClockStartTicks":' + $clockStart + ',"ClockEndTicks":' + [DateTime]::UtcNow.Ticks + '}')
+$tail = [ordered]@{
+    Sections = $sections
+    VMProblems = ConvertTo-Array $vmProblems.ToArray()
+    ClockStartTicks = $clockStart
+}
+$json = ConvertTo-Json -InputObject $tail -Depth 8 -Compress
+# The end-of-run clock is read as late as possible, after everything but this last part was
+# serialised (and compressed): the exporter computes the host clock offset NTP-style from both
+# readings and its own send/receive times.
+Write-Part ('],' + $json.Substring(1, $json.Length - 2) + ',"ClockEndTicks":' + [DateTime]::UtcNow.Ticks + '}')
+$output = $null
 if ($null -ne $zipStream) {
     $zipStream.Close()
-    [Console]::Out.Write([Convert]::ToBase64String($zipBuffer.ToArray()))
+    $output = [Convert]::ToBase64String($zipBuffer.ToArray())
+} elseif (-not $toConsole) {
+    $output = $collected.ToString()
+}
+if ($null -ne $output) {
+    if ($toConsole) { [Console]::Out.Write($output) } else { $output }
 }

@@ -168,10 +168,12 @@ def _walk(value: Any, pseudonyms: Pseudonyms, kvp: bool = False) -> Any:
 
 
 def pseudonymize_document(doc: dict[str, Any], pseudonyms: Pseudonyms) -> dict[str, Any]:
-    """collect.ps1's document with the host's and VMs' names, the VMs' Ids and KVP values replaced."""
+    """collect.ps1's document with the host's, its cluster's and VMs' names, the VMs' Ids and KVP values replaced."""
     host = doc.get("Host")
-    if isinstance(host, dict) and isinstance(host.get("ComputerName"), str):
-        pseudonyms.name(host["ComputerName"], "HOST")
+    if isinstance(host, dict):
+        for key, kind in (("ComputerName", "HOST"), ("Cluster", "CLUSTER")):
+            if isinstance(host.get(key), str) and host[key]:
+                pseudonyms.name(host[key], kind)
     for vm in doc.get("VMs") or []:
         if isinstance(vm, dict):
             if isinstance(vm.get("Id"), str) and _GUID.fullmatch(vm["Id"].strip("{}")):
