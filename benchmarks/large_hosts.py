@@ -57,7 +57,7 @@ def output_sizes(vms: int) -> list[dict[str, float | int | str]]:
         host = generate_host(0, vms, seed=1, now=1_700_000_000.0)
         doc = host.document(sections, 1_700_000_000.0)
         if filtered:
-            scale.filter_document_kvp(doc, DEFAULT_KVP_KEYS)
+            scale.filter_document_kvp(doc, report.kvp_keys_read(DEFAULT_KVP_KEYS))
         held = scale.kvp_chars(doc)  # the items the script holds: all, or the allowlisted ones
         text = dumps(doc)
         wire = base64.b64encode(gzip.compress(text.encode("utf-8"), mtime=0))
@@ -83,9 +83,10 @@ def probe_times(vms: int, probes: int) -> list[dict[str, float | int | str]]:
         sections = sections_for(list(COLLECTORS))
         kvp_filter = cimxml.allowlist(module.kvp.keys, module.kvp.max_value_length)
         reports = {}
+        keys = report.kvp_keys_read(module.kvp.keys)
         for label, command in (
             ("all KVP items", script.command_line(sections, module.winrm.gzip)),
-            ("-KvpKeys (default allowlist)", script.probe_command(sections, module.winrm.gzip, module.kvp.keys)),
+            ("-KvpKeys (default allowlist)", script.probe_command(sections, module.winrm.gzip, keys)),
         ):
             session = WinRMSession(module.endpoint_url(target), module.winrm, script.script_text())
             walls, parses, requests, size = [], [], 0, 0

@@ -47,9 +47,10 @@ def test_host_side_filter_changes_nothing_the_exporter_reports(keys: tuple[str, 
     running.kvp["GuestExchangeItems"] = odd
     doc = host.document(SECTIONS, 1_700_000_000.0)
     unfiltered = parse(doc, keys)
-    filtered_doc = scale.filter_document_kvp(host.document(SECTIONS, 1_700_000_000.0), keys)
+    # What a probe sends: the allowlist and the keys the exporter reads for itself (report.GUEST_FACT_KEYS).
+    filtered_doc = scale.filter_document_kvp(host.document(SECTIONS, 1_700_000_000.0), report.kvp_keys_read(keys))
     filtered = parse(filtered_doc, keys)
-    assert [(vm.id, vm.kvp) for vm in filtered.vms] == [(vm.id, vm.kvp) for vm in unfiltered.vms]
+    assert filtered.vms == unfiltered.vms  # KVP items and the guest facts taken from them alike
     assert filtered.problems == unfiltered.problems
     assert len(dumps(filtered_doc)) < len(dumps(doc))
 
@@ -87,7 +88,8 @@ def test_probe_passes_the_module_allowlist_to_the_host(tmp_path: Path) -> None:
         samples = exporter.probe("default", host.computer_name)
         assert samples[("hyperv_up", ())] == 1.0
         invocation = simulator.runners[host.computer_name].last_invocation
-        assert invocation is not None and invocation.kvp_keys == DEFAULT_KVP_KEYS
+        assert invocation is not None and invocation.kvp_keys == report.kvp_keys_read(DEFAULT_KVP_KEYS)
+        assert set(report.GUEST_FACT_KEYS) <= set(invocation.kvp_keys)  # what the exporter reads for itself
         keys = {dict(labels)["key"] for name, labels in samples if name == "hyperv_vm_kvp_info"}
         assert keys and keys <= set(DEFAULT_KVP_KEYS)
     finally:

@@ -241,14 +241,14 @@ function Get-PseudoAddress([string]$Value) {
         if ($ip.AddressFamily -eq [Net.Sockets.AddressFamily]::InterNetwork) {
             if (-not $pseudo.IPv4.ContainsKey($canonical)) {
                 $n = $pseudo.IPv4.Count + 1
-                $pseudo.IPv4[$canonical] = '198.{0}.{1}.{2}' -f (18 + [Math]::Floor($n / 65536)), ([Math]::Floor($n / 256) % 256), ($n % 256)
+                $pseudo.IPv4[$canonical] = '198.{0}.{1}.{2}' -f (18 + [int][Math]::Floor($n / 65536)), ([int][Math]::Floor($n / 256) % 256), ($n % 256)
             }
             return $pseudo.IPv4[$canonical]
         }
         if (-not $pseudo.IPv6.ContainsKey($canonical)) {
             $n = $pseudo.IPv6.Count + 1
             if ($n -lt 65536) { $pseudo.IPv6[$canonical] = '2001:db8::{0:x}' -f $n }
-            else { $pseudo.IPv6[$canonical] = '2001:db8::{0:x}:{1:x}' -f [Math]::Floor($n / 65536), ($n % 65536) }
+            else { $pseudo.IPv6[$canonical] = '2001:db8::{0:x}:{1:x}' -f [int][Math]::Floor($n / 65536), ($n % 65536) }
         }
         return $pseudo.IPv6[$canonical]
     }

@@ -21,7 +21,7 @@ import logging
 import re
 import sys
 import zlib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from functools import lru_cache
 from typing import Any
 
@@ -59,6 +59,12 @@ MAX_VM_PROBLEMS = 20_000
 # KVP intrinsic items the exporter reads for itself, whatever the module's allowlist: the guest's
 # own integration services version and OS version (host.icversion judges them on 2016+ hosts).
 GUEST_FACT_KEYS = frozenset({"IntegrationServicesVersion", "OSVersion"})
+
+
+def kvp_keys_read(allowlist: Iterable[str]) -> tuple[str, ...]:
+    """Every KVP key the exporter reads: the module's allowlist and :data:`GUEST_FACT_KEYS`. What
+    collect.ps1's host-side filter (-KvpKeys) must keep."""
+    return tuple(dict.fromkeys([*allowlist, *sorted(GUEST_FACT_KEYS)]))
 
 # Snapshot types that are Hyper-V Replica recovery points, not user checkpoints (a-schild's
 # Zabbix template v2.1.0 excludes them for the same reason; docs/alerts.md "Checkpoints" says
