@@ -34,6 +34,7 @@ from hyperv_exporter.sim.replay import (
 from test_script import syntax_errors
 
 REPO = Path(__file__).resolve().parent.parent
+SECTIONS = sections_for(list(COLLECTORS))
 CAPTURES = sorted((REPO / "tests" / "fixtures" / "captures").glob("*.json"))
 CAPTURE_SCRIPT = REPO / "deploy" / "windows" / "capture-collection.ps1"
 PASSWORD = "Capture-Replay-pw1"
@@ -206,6 +207,11 @@ def test_replay_reduces_to_the_requested_sections_and_keys(tmp_path: Path, live:
         assert "IntegrationServices" not in vm
         items = [i for items in vm["Kvp"].values() for i in items]
         assert items and all("OSName" in i for i in items)
+        # The captured sections: the captured bytes, only the clock readings moved.
+        captured = load_capture(path).runs[0].stdout
+        served = runner.answer(SECTIONS, False, 65001, ["OSName"]).stdout.decode("utf-8")
+        clock = re.compile(r'"Clock(Start|End)Ticks":\d+')
+        assert clock.sub("", served) == clock.sub("", captured) and served != captured
     finally:
         replayed.stop()
 
