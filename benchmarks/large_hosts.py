@@ -86,7 +86,7 @@ def probe_times(vms: int, probes: int) -> list[dict[str, float | int | str]]:
         keys = report.kvp_keys_read(module.kvp.keys)
         for label, command in (
             ("all KVP items", script.command_line(sections, module.winrm.gzip)),
-            ("-KvpKeys (default allowlist)", script.probe_command(sections, module.winrm.gzip, keys)),
+            ("-KvpKeys (default allowlist + guest facts)", script.probe_command(sections, module.winrm.gzip, keys)),
         ):
             session = WinRMSession(module.endpoint_url(target), module.winrm, script.script_text())
             walls, parses, requests, size = [], [], 0, 0
