@@ -122,7 +122,8 @@ Invoke-Section 'host' {
         $cluster = @(Get-CimInstance -Namespace root/MSCluster -ClassName MSCluster_Cluster -ErrorAction Stop)
         if ($cluster.Count -gt 0) { $hostInfo.Cluster = [string]$cluster[0].Name }
     } catch {
-        if ($null -ne (Get-Service -Name ClusSvc -ErrorAction SilentlyContinue)) { $hostInfo.ClusterError = $_.Exception.Message }
+        $clusterError = $_.Exception.Message
+        if ($null -ne (Get-Service -Name ClusSvc -ErrorAction SilentlyContinue)) { $hostInfo.ClusterError = $clusterError }
     }
 }
 
