@@ -16,6 +16,7 @@ from urllib.parse import quote
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from hyperv_exporter.host import script
 from hyperv_exporter.host.cli import Running, build_parser, start
 from hyperv_exporter.host.collectors import COLLECTORS, sections_for
 from hyperv_exporter.host.transport.settings import Secret, WinRMSettings
@@ -293,6 +294,17 @@ def test_hyperv_sim_replay_flag(tmp_path: Path, live: Simulator) -> None:
 
 def test_capture_script_parses_as_powershell() -> None:
     assert syntax_errors(CAPTURE_SCRIPT.read_text(encoding="utf-8")) == []
+
+
+def test_capture_script_runs_collect_ps1_as_the_exporter_does() -> None:
+    """The same program, arguments, environment variable and loader as host/script.py builds."""
+    text = CAPTURE_SCRIPT.read_text(encoding="utf-8")
+    assert "'" + " ".join(script.POWERSHELL_ARGS) + " ' + $encoded" in text
+    assert "EnvironmentVariables['" + script.SCRIPT_ENV + "'] = $scriptText" in text
+    prefix = script.loader(["vm"], False).split(" -Collectors ")[0]
+    assert "$loader = '" + prefix + " -Collectors ' + (ConvertTo-PSLiteral $Collectors)" in text
+    assert "$loader += ' -KvpKeys '" in text and "$loader += ' -Gzip'" in text
+    assert '.Replace("`r`n", "`n")' in text  # the exporter sends the script with LF line ends
 
 
 def test_capture_run_records_a_failing_host(tmp_path: Path, live: Simulator) -> None:
