@@ -66,6 +66,7 @@ def kvp_keys_read(allowlist: Iterable[str]) -> tuple[str, ...]:
     collect.ps1's host-side filter (-KvpKeys) must keep."""
     return tuple(dict.fromkeys([*allowlist, *sorted(GUEST_FACT_KEYS)]))
 
+
 # Snapshot types that are Hyper-V Replica recovery points, not user checkpoints (a-schild's
 # Zabbix template v2.1.0 excludes them for the same reason; docs/alerts.md "Checkpoints" says
 # which types count and why).
