@@ -46,6 +46,7 @@ Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 VOLATILE: dict[str, float | None] = {
     "hyperv_probe_duration_seconds": None,
     "hyperv_probe_winrm_requests": None,
+    "hyperv_probe_timeout_seconds": None,  # the module's setting, not the host's
     "hyperv_collector_duration_seconds": None,
     "hyperv_last_success_timestamp_seconds": None,
     "hyperv_host_time_offset_seconds": 0.05,
@@ -59,15 +60,17 @@ VOLATILE: dict[str, float | None] = {
 class Exporter:
     """hyperv-exporter with one module per simulated fleet (same host names, different endpoints)."""
 
-    def __init__(self, tmp_path: Path, fleets: dict[str, Simulator]) -> None:
-        password_file = tmp_path / "password"
-        password_file.write_text(PASSWORD + "\n")
-        text = "modules:\n"
-        for module, simulator in fleets.items():
-            config = exporter_config(simulator.urls(), str(password_file), modules=(module,))
-            text += config.removeprefix("modules:\n") + "    timeout: 20s\n"
-        path = tmp_path / "hyperv.yml"
-        path.write_text(text, encoding="utf-8")
+    def __init__(self, tmp_path: Path, fleets: dict[str, Simulator], config: Path | None = None) -> None:
+        """``config``: an existing configuration file instead of one for ``fleets``."""
+        path = config or tmp_path / "hyperv.yml"
+        if config is None:
+            password_file = tmp_path / "password"
+            password_file.write_text(PASSWORD + "\n")
+            text = "modules:\n"
+            for module, simulator in fleets.items():
+                module_config = exporter_config(simulator.urls(), str(password_file), modules=(module,))
+                text += module_config.removeprefix("modules:\n") + "    timeout: 20s\n"
+            path.write_text(text, encoding="utf-8")
         self.running: Running = start(
             build_parser().parse_args(["--config.file", str(path), "--web.listen-address", "127.0.0.1:0"])
         )
@@ -271,17 +274,31 @@ def test_bad_capture_files_give_clear_errors(text: str, message: str) -> None:
         parse_capture(text, "x.json")
 
 
-def test_hyperv_sim_replay_flag(tmp_path: Path, live: Simulator) -> None:
+def test_hyperv_sim_replay_flag(tmp_path: Path, live: Simulator, monkeypatch: pytest.MonkeyPatch) -> None:
+    """hyperv-sim --replay in its own process, the exporter in this one (joined by --exporter-config):
+    the replayed host gives the metrics of the live host it was captured from."""
     [path] = capture_files(live, ["HV-DUBLIN-01"], tmp_path)
     code = "from hyperv_exporter.sim.cli import main; raise SystemExit(main())"
     env = {"HYPERV_SIM_PASSWORD": PASSWORD, "PATH": "/usr/bin:/bin"}
+    config = tmp_path / "replay.yml"
     proc = subprocess.Popen(
-        [sys.executable, "-c", code, "--replay", str(path), str(path)], stdout=subprocess.PIPE, text=True, env=env
-    )
+        [sys.executable, "-c", code, "--replay", str(path), str(path), "--exporter-config", str(config)],
+        stdout=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
     try:
         assert proc.stdout is not None
-        lines = [proc.stdout.readline().split()[0] for _ in range(2)]
-        assert lines == ["HV-DUBLIN-01", "HV-DUBLIN-01-2"]
+        lines = [proc.stdout.readline().split() for _ in range(2)]
+        assert [name for name, _ in lines] == ["HV-DUBLIN-01", "HV-DUBLIN-01-2"]
+        monkeypatch.setenv("HYPERV_SIM_PASSWORD", PASSWORD)  # the written config reads it
+        live_exporter = Exporter(tmp_path, {"live": live})
+        replay_exporter = Exporter(tmp_path / "x", {}, config=config)
+        try:
+            assert_same_metrics(
+                live_exporter.probe("live", "HV-DUBLIN-01"), replay_exporter.probe("default", "HV-DUBLIN-01"), "cli"
+            )
+        finally:
+            live_exporter.running.stop()
+            replay_exporter.running.stop()
     finally:
         proc.terminate()
         proc.wait(timeout=10)
