@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 import tree_sitter
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from hyperv_exporter.host import cimxml, report, script
 from hyperv_exporter.host.collectors import COLLECTORS, sections_for
@@ -53,6 +55,30 @@ def test_host_side_filter_changes_nothing_the_exporter_reports(keys: tuple[str, 
     assert filtered.vms == unfiltered.vms  # KVP items and the guest facts taken from them alike
     assert filtered.problems == unfiltered.problems
     assert len(dumps(filtered_doc)) < len(dumps(doc))
+
+
+_KEY_TEXT = st.text(alphabet=st.sampled_from("OSNameab&<>'\" ;x"), min_size=1, max_size=8)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    keys=st.lists(_KEY_TEXT, min_size=1, max_size=4),
+    items=st.lists(
+        st.one_of(
+            st.builds(kvp_item, _KEY_TEXT, st.text(max_size=20)),  # canonical items, any key and data
+            st.text(max_size=40),  # anything else a guest or a broken host could leave there
+        ),
+        max_size=12,
+    ),
+)
+def test_host_side_filter_is_invisible_to_the_exporter(keys: list[str], items: list[object]) -> None:
+    """For any allowlist and any items: what the exporter selects is the same with the host's filter."""
+    kvp_filter = cimxml.allowlist(keys, 256)
+    unfiltered: list[str] = []
+    filtered: list[str] = []
+    expected = cimxml.select(items, kvp_filter, unfiltered, "x")
+    assert cimxml.select(scale.kvp_host_filter(items, keys), kvp_filter, filtered, "x") == expected
+    assert filtered == unfiltered
 
 
 def test_loader_with_kvp_keys_round_trips_and_is_powershell() -> None:
