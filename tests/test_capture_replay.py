@@ -20,6 +20,7 @@ from hyperv_exporter.host import script
 from hyperv_exporter.host.cli import Running, build_parser, start
 from hyperv_exporter.host.collectors import COLLECTORS, sections_for
 from hyperv_exporter.host.transport.settings import Secret, WinRMSettings
+from hyperv_exporter.sim import capture
 from hyperv_exporter.sim.capture import Pseudonyms, capture_run, pseudonymize, pseudonymize_document
 from hyperv_exporter.sim.fleet import SimFleet, demo_fleet, with_password
 from hyperv_exporter.sim.host import Simulator, exporter_config
@@ -311,6 +312,20 @@ def test_hyperv_sim_replay_flag(tmp_path: Path, live: Simulator, monkeypatch: py
 
 def test_capture_script_parses_as_powershell() -> None:
     assert syntax_errors(CAPTURE_SCRIPT.read_text(encoding="utf-8")) == []
+
+
+def test_capture_script_pseudonymizes_by_the_same_rules() -> None:
+    """The PowerShell script and sim/capture.py (which the tests exercise) keep the same KVP values
+    and use the same pseudonyms."""
+    text = CAPTURE_SCRIPT.read_text(encoding="utf-8")
+    block = re.search(r"\$keepKvpKeys = @\((.*?)\)", text, flags=re.S)
+    assert block is not None
+    assert set(re.findall(r"'(\w+)'", block.group(1))) == capture.KEEP_KVP_KEYS
+    assert f"'{capture.NOT_CANONICAL}'" in text
+    for fragment in ("'00000000-0000-4000-8000-{0:D12}'", "'value-{0:D4}'", "'198.{0}.{1}.{2}'", "'2001:db8::{0:x}'"):
+        assert fragment in text, fragment
+    for kind in ("'HOST'", "'CLUSTER'", "'vm'"):
+        assert kind in text
 
 
 def test_capture_script_runs_collect_ps1_as_the_exporter_does() -> None:
