@@ -64,7 +64,7 @@ def test_golden_content_for_every_demo_vm() -> None:
     assert 'hyperv_vm_state{state="saved",vm="jumpbox"' in london
     assert "hyperv_host_time_offset_seconds" in london
     berlin = (GOLDEN / "demo-berlin.prom").read_text(encoding="utf-8")
-    assert 'hyperv_vm_integration_service_enabled{service="guest_service_interface",vm="Web-Proxy"' in berlin
+    assert 'hyperv_vm_integration_service_status{service="guest_service_interface",status="ok",vm="Web-Proxy"' in berlin
     assert 'vm="会計"' in berlin and 'vm="Büro-Server"' in berlin
     assert 'hyperv_vm_kvp_info{key="OSName",source="guest_intrinsic",value="Ubuntu",vm="Datenbank-01"' in berlin
     assert "ProvisioningToken" not in berlin and "tok-9f3a27c1e5b84d0a" not in berlin

@@ -28,7 +28,7 @@
               (
                 max by (instance, job, vm_id) (last_over_time(hyperv_guest_host_info[1d]))
                 * on (vm_id) group_left ()
-                (max by (vm_id) (hyperv_vm_state{state="running"}) == 0)
+                (max by (vm_id) (hyperv_vm_state) unless on (vm_id) (hyperv_vm_state{state="running"} == 1))
               )
             ||| % $._config,
             'for': "5m",
@@ -47,7 +47,7 @@
               * on (instance, job) group_left (vm_id, vm_name) hyperv_guest_host_info
               and on (vm_id, service)
               max by (vm_id, service) (
-                (hyperv_vm_integration_service_enabled{service=~"key_value_pair_exchange|vss|guest_service_interface"} == 1)
+                (hyperv_vm_integration_service_status{service=~"key_value_pair_exchange|vss|guest_service_interface", status!="disabled"} == 1)
                 and on (instance, job, vm_id) (hyperv_vm_state{state="running"} == 1)
               )
             |||,
