@@ -111,6 +111,11 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
         yield Pipeline(exporter, fleet, prometheus, alertmanager, webhook)
 
 
+def exporter_address(pipeline: Pipeline) -> str:
+    """The probe job's ``exporter`` label (examples/prometheus/prometheus.yml): the exporter's host:port."""
+    return pipeline.exporter.server.urls[0].removeprefix("http://")
+
+
 def delivered(webhook: WebhookReceiver, status: str, **labels: str) -> list[tuple[str, dict[str, Any]]]:
     """Notified alerts with this status whose labels include ``labels``, as (receiver path, alert)."""
     return [
@@ -148,7 +153,7 @@ def test_lost_heartbeat_is_paged_and_resolved(pipeline: Pipeline) -> None:
         )
         path, alert = firing[0]
         assert path == "/pager", "critical alerts go to the pager receiver"
-        assert alert["labels"] == HEARTBEAT_LOST["labels"]
+        assert alert["labels"] == HEARTBEAT_LOST["labels"] | {"exporter": exporter_address(pipeline)}
         assert alert["annotations"] == HEARTBEAT_LOST["annotations"]
         assert not delivered(webhook, "resolved", vm="web01")
 
@@ -163,7 +168,7 @@ def test_lost_heartbeat_is_paged_and_resolved(pipeline: Pipeline) -> None:
         )
         path, alert = resolved[0]
         assert path == "/pager"
-        assert alert["labels"] == HEARTBEAT_LOST["labels"]
+        assert alert["labels"] == HEARTBEAT_LOST["labels"] | {"exporter": exporter_address(pipeline)}
         assert alert["annotations"] == HEARTBEAT_LOST["annotations"]
     finally:
         web01.set(Heartbeat="OkApplicationsHealthy")
