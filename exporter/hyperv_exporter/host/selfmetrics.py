@@ -21,7 +21,7 @@ from hyperv_exporter.host.transport.errors import REASONS
 # per label set, 6 families here), which no alert, dashboard or recording rule of this project
 # reads, and which Go exporters (node_exporter, blackbox_exporter) do not expose in the text format.
 # Prometheus does not need them for rate(). Process-wide, like the exporter's registry.
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]  # untyped in client_python
 
 
 class ExporterMetrics:
