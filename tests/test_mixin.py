@@ -115,3 +115,12 @@ def test_fleet_overview_has_the_exporter_health_row() -> None:
     assert {"Exporter up", "Probe errors by reason", "Probe duration", "Collector success"} <= set(titles)
     exprs = " ".join(t["expr"] for p in panels(dashboard) for t in p.get("targets", []))
     assert 'up{job="hyperv-exporter"}' in exprs and "hyperv_exporter_probe_errors_total" in exprs
+
+
+def test_recording_rules_check_and_unit_tests() -> None:
+    """rules/hyperv-recording.yml (windows_exporter's per-VM series with this exporter's labels)."""
+    rules = REPO / "rules" / "hyperv-recording.yml"
+    checked = run_tool([promtool_binary(), "check", "rules", str(rules)])
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    tested = run_tool([promtool_binary(), "test", "rules", "hyperv-recording.test.yml"], cwd=REPO / "tests" / "recording")
+    assert tested.returncode == 0, tested.stdout + tested.stderr

@@ -41,7 +41,7 @@ def test_sdist_has_the_mixin_and_what_it_renders(sdist: tarfile.TarFile) -> None
     names = members(sdist)
     shipped = {
         str(p.relative_to(REPO))
-        for d in ("mixin", "alerts", "dashboards", "docs/runbooks")
+        for d in ("mixin", "alerts", "rules", "dashboards", "docs/runbooks")
         for p in (REPO / d).rglob("*")
         if p.is_file()
     }

@@ -101,6 +101,42 @@ local exporterHealth(dashboard, config) =
     ),
   ];
 
+// windows_exporter's view of the VM (when it runs on the hosts with its hyperv collector): CPU,
+// network and disk from the recording rules in rules/, matched to this VM by host and name.
+local windowsExporterRow(dashboard) =
+  local y = maxY(dashboard);
+  local id = maxId(dashboard);
+  local sel = 'instance="$host", vm="$vm"';
+  [
+    panels.row(id + 1, 'Resource use (windows_exporter)', y),
+    panels.timeseries(
+      id + 2, 'CPU (windows_exporter)',
+      "Virtual processors' run time in cores, from windows_exporter's hyperv collector on the host (instance_vm:windows_hyperv_vm_cpu_usage_cores:rate5m). No data: windows_exporter is not scraped (docs/deployment.md#windows_exporter).",
+      [panels.target('instance_vm:windows_hyperv_vm_cpu_usage_cores:rate5m{%s}' % sel, legend='cores')],
+      { h: 8, w: 8, x: 0, y: y + 1 },
+    ),
+    panels.timeseries(
+      id + 3, 'Network (windows_exporter)',
+      "Bytes per second through the VM's virtual network adapters, from windows_exporter on the host.",
+      [
+        panels.target('instance_vm:windows_hyperv_vm_network_receive_bytes:rate5m{%s}' % sel, legend='received'),
+        panels.target('instance_vm:windows_hyperv_vm_network_transmit_bytes:rate5m{%s}' % sel, 'B', legend='sent'),
+      ],
+      { h: 8, w: 8, x: 8, y: y + 1 },
+      unit='Bps',
+    ),
+    panels.timeseries(
+      id + 4, 'Disk (windows_exporter)',
+      "Bytes per second read from and written to the VM's virtual hard disks (checkpoints included), from windows_exporter on the host.",
+      [
+        panels.target('instance_vm:windows_hyperv_vm_disk_read_bytes:rate5m{%s}' % sel, legend='read'),
+        panels.target('instance_vm:windows_hyperv_vm_disk_write_bytes:rate5m{%s}' % sel, 'B', legend='written'),
+      ],
+      { h: 8, w: 8, x: 16, y: y + 1 },
+      unit='Bps',
+    ),
+  ];
+
 {
   grafanaDashboards+:: {
     'hyperv-fleet-overview.json':
@@ -109,6 +145,8 @@ local exporterHealth(dashboard, config) =
         panels: [withVmLinks(p) for p in super.panels] + exporterHealth(base, $._config),
       },
     'hyperv-time-drift.json': withConfig(import 'time-drift.json', $._config),
-    'hyperv-vm-detail.json': withConfig(import 'vm-detail.json', $._config),
+    'hyperv-vm-detail.json':
+      local base = withConfig(import 'vm-detail.json', $._config);
+      base { panels+: windowsExporterRow(base) },
   },
 }
