@@ -13,6 +13,10 @@
 # - Every list is an array, also with zero or one element (ConvertTo-Json would otherwise print
 #   one VM as a bare object and zero VMs as nothing).
 # - A failing section (e.g. KVP through CIM) is reported in Sections and does not stop the others.
+# - A failing VM costs only its own data: a VM that vanished after Get-VM (deleted, or live-migrated
+#   to another cluster node) or has no integration components makes a call over all VMs throw, so
+#   such a call is retried one VM at a time and each VM's error goes into VMProblems (section, VM,
+#   message); the section itself and the other VMs' data stay.
 # - Success is exit code 0 plus a document that parses; stderr may carry progress records.
 # - KVP items are passed on as the raw CIM-XML strings Hyper-V stores; the exporter parses them
 #   with an XML parser that refuses entities and keeps only allowlisted keys.
@@ -38,6 +42,32 @@ function Invoke-Section([string]$Name, [scriptblock]$Body) {
     $sections[$Name] = [ordered]@{ Seconds = $sw.Elapsed.TotalSeconds; Error = $err }
 }
 
+function Add-VMProblem([string]$Section, $VM, $ErrorRecord) {
+    [void]$vmProblems.Add([ordered]@{
+        Section = $Section
+        Name = [string]$VM.Name
+        Id = [string]$VM.Id
+        Error = [string]$ErrorRecord.Exception.Message
+    })
+}
+
+function Invoke-PerVM([string]$Section, [scriptblock]$All, [scriptblock]$One) {
+    # One call for every VM (the fast path); if it throws, one call per VM, so that a VM that
+    # vanished or has no integration components loses only its own data (a VMProblems entry).
+    try { return ,@(& $All) } catch { }
+    $results = New-Object System.Collections.ArrayList
+    foreach ($v in $vms) {
+        try { foreach ($item in @(& $One $v)) { [void]$results.Add($item) } }
+        catch { Add-VMProblem $Section $v $_ }
+    }
+    return ,$results.ToArray()
+}
+
+function Test-VMProblem([string]$Section, [string]$Id) {
+    foreach ($p in $vmProblems) { if ($p.Section -eq $Section -and ([string]$p.Id).ToUpperInvariant() -eq $Id) { return $true } }
+    return $false
+}
+
 function ConvertTo-Array($Value) {
     # @($null) is a one-element array in PowerShell; an absent value must become an empty one.
     if ($null -eq $Value) { return ,@() }
@@ -50,7 +80,10 @@ function ConvertTo-Ticks($Value) {
 }
 
 $vms = New-Object System.Collections.ArrayList
-$hostInfo = [ordered]@{ ComputerName = $env:COMPUTERNAME; OSCaption = $null; OSVersion = $null; UICulture = $null }
+$vmProblems = New-Object System.Collections.ArrayList
+$hostInfo = [ordered]@{
+    ComputerName = $env:COMPUTERNAME; OSCaption = $null; OSVersion = $null; UICulture = $null; Cluster = $null; ClusterError = $null
+}
 $services = @{}
 $kvpGuest = @{}
 $kvpHost = @{}
@@ -62,6 +95,16 @@ Invoke-Section 'host' {
     $hostInfo.OSCaption = $os.Caption
     $hostInfo.OSVersion = $os.Version
     $hostInfo.UICulture = (Get-UICulture).Name
+    # The failover cluster this node belongs to. A host without the Failover Clustering feature has
+    # no root/MSCluster namespace: that is "not clustered", not an error. Where the cluster service
+    # exists but the query fails (e.g. no rights on the namespace), the reason is reported.
+    try {
+        $cluster = @(Get-CimInstance -Namespace root/MSCluster -ClassName MSCluster_Cluster -ErrorAction Stop)
+        if ($cluster.Count -gt 0) { $hostInfo.Cluster = [string]$cluster[0].Name }
+    } catch {
+        $clusterError = $_.Exception.Message
+        if ($null -ne (Get-Service -Name ClusSvc -ErrorAction SilentlyContinue)) { $hostInfo.ClusterError = $clusterError }
+    }
 }
 
 Invoke-Section 'vm' { foreach ($v in @(Get-VM)) { [void]$vms.Add($v) } }
@@ -69,7 +112,8 @@ Invoke-Section 'vm' { foreach ($v in @(Get-VM)) { [void]$vms.Add($v) } }
 if ($want['integration_services']) {
     Invoke-Section 'integration_services' {
         if ($vms.Count -eq 0) { return }
-        foreach ($ic in @(Get-VMIntegrationService -VM $vms.ToArray())) {
+        $all = Invoke-PerVM 'integration_services' { Get-VMIntegrationService -VM $vms.ToArray() } { param($v) Get-VMIntegrationService -VM $v }
+        foreach ($ic in $all) {
             $key = ([string]$ic.VMId).ToUpperInvariant()
             if (-not $services.ContainsKey($key)) { $services[$key] = New-Object System.Collections.ArrayList }
             [void]$services[$key].Add([ordered]@{
@@ -87,7 +131,8 @@ if ($want['integration_services']) {
 
 if ($want['kvp']) {
     Invoke-Section 'kvp' {
-        # Msvm_KvpExchangeComponent exists only for running VMs; SystemName is the VM GUID.
+        # Msvm_KvpExchangeComponent exists only for running VMs; SystemName is the VM GUID. Both
+        # queries cover every VM at once and a VM that vanished simply has no instance: no per-VM errors.
         foreach ($k in @(Get-CimInstance -Namespace root/virtualization/v2 -ClassName Msvm_KvpExchangeComponent)) {
             $kvpGuest[([string]$k.SystemName).ToUpperInvariant()] = $k
         }
@@ -103,8 +148,15 @@ if ($want['kvp']) {
 if ($want['replication']) {
     Invoke-Section 'replication' {
         if ($vms.Count -eq 0) { return }
-        foreach ($r in @(Get-VMReplication -ErrorAction SilentlyContinue)) {
-            $replicas[([string]$r.VMId).ToUpperInvariant()] = $r
+        # State, health and mode come from Get-VMReplication: Get-VM's ReplicationState has been seen
+        # to disagree with it. Only VMs that take part in replication have such an object.
+        $all = Invoke-PerVM 'replication' { Get-VMReplication } {
+            param($v) if ([string]$v.ReplicationMode -ne 'None') { Get-VMReplication -VM $v }
+        }
+        foreach ($r in $all) {
+            # Extended replication gives a VM two relationships; the Simple one (primary <-> replica) is used.
+            $key = ([string]$r.VMId).ToUpperInvariant()
+            if (-not $replicas.ContainsKey($key) -or [string]$r.ReplicationRelationshipType -eq 'Simple') { $replicas[$key] = $r }
         }
     }
 }
@@ -112,7 +164,8 @@ if ($want['replication']) {
 if ($want['checkpoints']) {
     Invoke-Section 'checkpoints' {
         if ($vms.Count -eq 0) { return }
-        foreach ($s in @(Get-VMSnapshot -VM $vms.ToArray())) {
+        $all = Invoke-PerVM 'checkpoints' { Get-VMSnapshot -VM $vms.ToArray() } { param($v) Get-VMSnapshot -VM $v }
+        foreach ($s in $all) {
             $key = ([string]$s.VMId).ToUpperInvariant()
             if (-not $checkpoints.ContainsKey($key)) { $checkpoints[$key] = New-Object System.Collections.ArrayList }
             [void]$checkpoints[$key].Add([ordered]@{
@@ -125,6 +178,7 @@ if ($want['checkpoints']) {
 
 $rows = New-Object System.Collections.ArrayList
 foreach ($vm in $vms) {
+  try {
     $id = ([string]$vm.Id).ToUpperInvariant()
     $row = [ordered]@{
         Name = $vm.Name
@@ -139,7 +193,10 @@ foreach ($vm in $vms) {
         Version = $vm.Version
         IsClustered = [bool]$vm.IsClustered
     }
-    if ($want['integration_services']) { $row.IntegrationServices = ConvertTo-Array $services[$id] }
+    # A VM with a VMProblems entry for a section gets null there (its data is unknown), not an empty list.
+    if ($want['integration_services']) {
+        $row.IntegrationServices = if ($services.ContainsKey($id) -or -not (Test-VMProblem 'integration_services' $id)) { ConvertTo-Array $services[$id] } else { $null }
+    }
     if ($want['kvp']) {
         $k = $kvpGuest[$id]
         $row.Kvp = if ($null -ne $k) {
@@ -162,15 +219,22 @@ foreach ($vm in $vms) {
     }
     if ($want['replication']) {
         $r = $replicas[$id]
-        $row.Replication = [ordered]@{
-            State = [string]$vm.ReplicationState
-            Health = [string]$vm.ReplicationHealth
-            Mode = [string]$vm.ReplicationMode
-            LastReplicationTimeTicks = if ($null -ne $r) { ConvertTo-Ticks $r.LastReplicationTime } else { $null }
-        }
+        $row.Replication = if ($null -ne $r) {
+            # VMReplication's own properties (the table view shows them as State, Health, Mode).
+            [ordered]@{
+                State = [string]$r.ReplicationState
+                Health = [string]$r.ReplicationHealth
+                Mode = [string]$r.ReplicationMode
+                LastReplicationTimeTicks = ConvertTo-Ticks $r.LastReplicationTime
+            }
+        } elseif (Test-VMProblem 'replication' $id) { $null }
+        else { [ordered]@{ State = 'Disabled'; Health = 'NotApplicable'; Mode = 'None'; LastReplicationTimeTicks = $null } }
     }
-    if ($want['checkpoints']) { $row.Checkpoints = ConvertTo-Array $checkpoints[$id] }
+    if ($want['checkpoints']) {
+        $row.Checkpoints = if ($checkpoints.ContainsKey($id) -or -not (Test-VMProblem 'checkpoints' $id)) { ConvertTo-Array $checkpoints[$id] } else { $null }
+    }
     [void]$rows.Add($row)
+  } catch { Add-VMProblem 'vm' $vm $_ }
 }
 
 $doc = [ordered]@{
@@ -178,6 +242,7 @@ $doc = [ordered]@{
     Host = $hostInfo
     VMs = ConvertTo-Array $rows.ToArray()
     Sections = $sections
+    VMProblems = ConvertTo-Array $vmProblems.ToArray()
     ClockStartTicks = $clockStart
 }
 $json = ConvertTo-Json -InputObject $doc -Depth 8 -Compress

@@ -147,6 +147,7 @@ class HostRunner:
                 run_seconds=host.run_seconds,
             )
         doc = host.document(sections, started)
+        host.migrate_after_run()  # a VM live-migrating between cluster nodes is on the other node next time
         if fault == "vm_section_error":
             doc["VMs"] = []
             doc["Sections"]["vm"]["Error"] = (
