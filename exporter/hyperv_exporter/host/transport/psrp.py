@@ -32,6 +32,7 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any, cast
 
 import requests
@@ -272,7 +273,7 @@ class PSRPSession:
                 pool, new_pool = self._runspace_pool(deadline)
                 exchange = self._run_on(pool, sections, gzip, deadline, new_pool)
                 self._count(pool.connection)
-                return Exchange(**{**vars(exchange), "requests": self.requests_total - requests_before})
+                return replace(exchange, requests=self.requests_total - requests_before)
             except ProbeError:
                 self._drop_pool(graceful=True)
                 raise
