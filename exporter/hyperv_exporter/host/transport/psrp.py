@@ -256,6 +256,7 @@ class PSRPSession:
         pool = _Pool(wsman, configuration_name=self.settings.configuration_name)
         pool.session, pool.deadline = self, deadline
         self._pool = pool  # before opening: a failed open is deleted like any dropped pool
+        self.arm(wsman, deadline)  # the Create; each Receive of the opening arms itself
         pool.open()
         self._opened = self._used = time.monotonic()
         self.shells_opened += 1
