@@ -426,7 +426,7 @@ class Simulator:
                 runner,
                 authorize=_authorizer(host) if users is not None else None,
                 psrp_runner=runner.pipeline,
-                configurations=host.access.configurations,
+                configurations=lambda host=host: host.access.configurations(),  # type: ignore[misc]
                 pool_opened=_pool_opened(host),
                 host=self.bind,
                 port=host.port,
