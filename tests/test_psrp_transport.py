@@ -146,7 +146,9 @@ def test_the_pool_is_kept_and_a_probe_is_one_pipeline(stacks: list[ConfigurableS
     endpoint = stack.sim.endpoint(TARGET)
     assert_complete(stack.probe(TARGET), stack)
     first = requests_of(stack)
-    assert first == 5  # Create, Receive (pool opened), Command, Receive (output and state), Signal
+    # Create, three Receives (SESSION_CAPABILITY, APPLICATION_PRIVATE_DATA, RUNSPACEPOOL_STATE: one each,
+    # as a real host answers), Command, Receive (output and pipeline state), Signal.
+    assert first == 7
     for _ in range(3):
         assert_complete(stack.probe(TARGET), stack)
     assert requests_of(stack) - first == 3 * 3  # Command, Receive, Signal: nothing else
