@@ -23,6 +23,7 @@ from functools import lru_cache
 
 from hyperv_exporter import logutil
 from hyperv_exporter.host import script
+from hyperv_exporter.sim.cost import NO_COST, POWERSHELL, HostCounters, ProcessCost
 from hyperv_exporter.sim.fleet import SimFleet, SimHost, to_ticks
 from hyperv_exporter.sim.ps51json import dumps
 from hyperv_exporter.sim.wsman import CommandResult, Shell, WSManEndpoint, clixml_error
@@ -82,10 +83,11 @@ def _encoded_command(tokens: list[str]) -> str | None:
 
 
 class HostRunner:
-    """The CommandRunner for one simulated host."""
+    """The CommandRunner for one simulated host; every ``powershell`` command is a new process."""
 
-    def __init__(self, host: SimHost) -> None:
+    def __init__(self, host: SimHost, counters: HostCounters | None = None) -> None:
         self.host = host
+        self.counters = counters if counters is not None else HostCounters()
         self.runs = 0
 
     def __call__(self, shell: Shell, command: str, arguments: list[str]) -> CommandResult:
@@ -97,6 +99,9 @@ class HostRunner:
                 "operable program or batch file.\r\n".encode(),
                 exit_code=1,
             )
+        # WinRS starts powershell.exe for this command whatever it then runs; it pays the start-up
+        # before its first line and the Hyper-V module import on the script's first Get-VM.
+        process = self.counters.start_process(POWERSHELL, self.host.process_cost or NO_COST)
         encoded = _encoded_command(tokens)
         try:
             text = script.decode_command(encoded) if encoded else ""
@@ -109,6 +114,7 @@ class HostRunner:
                     "hyperv-sim: this simulated Hyper-V host runs only the hyperv-exporter collection script."
                 ),
                 exit_code=1,
+                run_seconds=process.start_seconds,
             )
         shipped = shell.env.get(script.SCRIPT_ENV)
         if shipped is None:
@@ -117,6 +123,7 @@ class HostRunner:
                     'Exception calling "Create" with "1" argument(s): "Value cannot be null.\r\nParameter name: script"'
                 ),
                 exit_code=1,
+                run_seconds=process.start_seconds,
             )
         if script.script_digest(shipped) != script.script_digest():
             return CommandResult(
@@ -124,19 +131,28 @@ class HostRunner:
                     "hyperv-sim: the script in the shell environment is not this version's collect.ps1."
                 ),
                 exit_code=1,
+                run_seconds=process.start_seconds,
             )
         sections, use_gzip = loader
         self.runs += 1
-        return self.answer(sections, use_gzip, shell.codepage)
+        return self.answer(sections, use_gzip, shell.codepage, process)
 
-    def answer(self, sections: list[str], use_gzip: bool, codepage: int) -> CommandResult:
+    def answer(
+        self, sections: list[str], use_gzip: bool, codepage: int, process: ProcessCost = NO_COST
+    ) -> CommandResult:
+        """The script's output. ``process``: the cost of the new process it runs in (WinRS); NO_COST
+        for a pipeline in an already running one (a kept PSRP runspace)."""
         host = self.host
         fault = host.output_fault
-        started = time.time()
+        # The script's first line runs once the process is up: its ClockStart and the VMs' uptimes
+        # are read then. Its output exists after the module import and the script's own run time.
+        started = time.time() + process.start_seconds
+        run_seconds = process.total + host.run_seconds
+        self.counters.script_ran(host.run_seconds)
         if fault == "bad_clixml":
-            return CommandResult(stderr=_BAD_CLIXML, exit_code=1, run_seconds=host.run_seconds)
+            return CommandResult(stderr=_BAD_CLIXML, exit_code=1, run_seconds=run_seconds)
         if fault == "huge_stderr":
-            return CommandResult(stderr=b"E" * (12 * 1024 * 1024), exit_code=1, run_seconds=host.run_seconds)
+            return CommandResult(stderr=b"E" * (12 * 1024 * 1024), exit_code=1, run_seconds=run_seconds)
         if fault == "powershell_error":
             return CommandResult(
                 stderr=clixml_error(
@@ -144,7 +160,7 @@ class HostRunner:
                     "administrator of the authorization policy for the computer 'localhost'."
                 ),
                 exit_code=1,
-                run_seconds=host.run_seconds,
+                run_seconds=run_seconds,
             )
         doc = host.document(sections, started)
         if fault == "vm_section_error":
@@ -159,9 +175,11 @@ class HostRunner:
         text = dumps(doc, compress=True)
         if fault == "surrogates":
             text = text.replace(_SURROGATE_NAME, _SURROGATE_ESCAPES)
-        # The script reads its end clock right before printing; here the output exists once this
-        # method returns and run_seconds have passed, so that is the moment the end clock stands for.
-        text = text[:-1] + ',"ClockEndTicks":' + str(to_ticks(time.time() + host.run_seconds + host.clock_offset)) + "}"
+        # The script reads its end clock right before printing; the shell service makes the output
+        # available run_seconds after the Command arrived (about when this method began), so that is
+        # the moment the end clock stands for.
+        end = started - process.start_seconds + run_seconds
+        text = text[:-1] + ',"ClockEndTicks":' + str(to_ticks(end + host.clock_offset)) + "}"
         if fault == "huge":
             text = '{"SchemaVersion":1,"VMs":[' + ",".join(['{"Name":"x"}'] * 400_000) + "]}"
         elif fault == "deep_nesting":
@@ -181,7 +199,7 @@ class HostRunner:
         elif fault == "truncated":
             stdout = stdout[: len(stdout) // 2]
         stderr = PROGRESS_CLIXML if fault == "progress_stderr" else b""
-        return CommandResult(stdout=stdout, stderr=stderr, exit_code=0, run_seconds=host.run_seconds)
+        return CommandResult(stdout=stdout, stderr=stderr, exit_code=0, run_seconds=run_seconds)
 
 
 # The WinRM block for a simulator: Basic over plain HTTP is acceptable only because the listeners
@@ -243,18 +261,25 @@ class Simulator:
 
     Listeners accept Basic and NTLM (with message encryption over HTTP); with ``ssl_context`` they
     serve HTTPS. ``allow_unencrypted=False`` refuses plaintext SOAP over HTTP, as Windows does by default.
+    ``process_cost`` is what a new PowerShell process costs a host whose fleet entry does not say
+    (sim.cost: zero here, ``WINDOWS`` in hyperv-sim and --demo); ``counters`` count it per host.
     """
 
     fleet: SimFleet
     bind: str = "127.0.0.1"
     ssl_context: ssl.SSLContext | None = None
     allow_unencrypted: bool = True
+    process_cost: ProcessCost = NO_COST
     endpoints: dict[str, WSManEndpoint] = field(default_factory=dict)
     runners: dict[str, HostRunner] = field(default_factory=dict)
+    counters: dict[str, HostCounters] = field(default_factory=dict)
 
     def start(self) -> None:
         for host in self.fleet.hosts:
-            runner = HostRunner(host)
+            if host.process_cost is None:
+                host.process_cost = self.process_cost
+            counters = self.counters.setdefault(host.computer_name, HostCounters())
+            runner = HostRunner(host, counters)
             users = _HostUsers(host) if host.password is not None else None
             endpoint = WSManEndpoint(
                 runner,
@@ -274,6 +299,11 @@ class Simulator:
     def stop(self) -> None:
         for endpoint in self.endpoints.values():
             endpoint.stop()
+
+    def set_process_cost(self, cost: ProcessCost) -> None:
+        """What a new process costs every host from now on (tests and benchmarks)."""
+        for host in self.fleet.hosts:
+            host.set(process_cost=cost)
 
     def url(self, computer_name: str) -> str:
         return self.endpoints[computer_name].url
