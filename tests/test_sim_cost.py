@@ -119,7 +119,7 @@ def test_a_new_process_delays_the_output_and_the_first_clock_reading() -> None:
 
 
 def test_each_winrs_probe_starts_one_powershell_process(tmp_path: Path) -> None:
-    stack = Stack(tmp_path)
+    stack = Stack(tmp_path, winrm=Stack.DEFAULT_WINRM + "      protocol: winrs\n")
     try:
         counters = stack.sim.counters["HV-LONDON-01"]
         for probes in (1, 2, 3):
@@ -129,6 +129,23 @@ def test_each_winrs_probe_starts_one_powershell_process(tmp_path: Path) -> None:
         host = stack.fleet.host("HV-LONDON-01")
         assert snapshot.cpu_seconds == pytest.approx(3 * host.run_seconds)  # no process cost in tests
         assert stack.sim.counters["HV-BERLIN-01"].snapshot().processes[POWERSHELL] == 0
+    finally:
+        stack.running.stop()
+        stack.sim.stop()
+
+
+def test_psrp_starts_one_wsmprovhost_and_no_process_per_probe(tmp_path: Path) -> None:
+    stack = Stack(tmp_path, winrm=Stack.DEFAULT_WINRM + "      protocol: psrp\n")
+    try:
+        counters = stack.sim.counters["HV-LONDON-01"]
+        cost = ProcessCost(start_seconds=0.05, import_seconds=0.05)
+        stack.sim.set_process_cost(cost)
+        for _ in range(3):
+            assert stack.probe("HV-LONDON-01")[("hyperv_up", ())] == 1.0
+            # The runspace pool's wsmprovhost.exe, opened by the first probe, runs every pipeline.
+            assert counters.snapshot().processes == {POWERSHELL: 0, WSMPROVHOST: 1}
+        host = stack.fleet.host("HV-LONDON-01")
+        assert counters.snapshot().cpu_seconds == pytest.approx(cost.total + 3 * host.run_seconds)
     finally:
         stack.running.stop()
         stack.sim.stop()

@@ -29,6 +29,7 @@ from xml.sax.saxutils import escape
 
 from hyperv_exporter import enums
 from hyperv_exporter.host.report import DOTNET_EPOCH_TICKS
+from hyperv_exporter.sim.accounts import SIMULATOR_KEYS, HostAccounts, default_accounts, parse_accounts
 from hyperv_exporter.sim.cost import ProcessCost
 from hyperv_exporter.yamlutil import Node, document, read_text
 
@@ -170,6 +171,12 @@ class SimHost:
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
     # Output faults for resilience tests (see sim.host.OUTPUT_FAULTS); None = answer normally.
     output_fault: str | None = None
+    # Accounts, groups and endpoints: who may open what (sim.accounts). Default: Username is an administrator.
+    access: HostAccounts = field(default_factory=HostAccounts)
+
+    def __post_init__(self) -> None:
+        if not self.access.accounts:
+            self.access = default_accounts(self.username)
 
     def vm(self, name: str) -> SimVM:
         for vm in self.vms:
@@ -437,7 +444,7 @@ def _host(node: Node, base: Path, now: float) -> SimHost:
     )
     sim = keys["Simulator"].mapping(
         ["Port", "Username", "PasswordFile", "PasswordEnv", "LatencySeconds", "RunSeconds", "ProcessStartSeconds",
-         "ModuleImportSeconds"]
+         "ModuleImportSeconds", *SIMULATOR_KEYS]
     ) if "Simulator" in keys else {}  # fmt: skip
     process_cost = None
     if "ProcessStartSeconds" in sim or "ModuleImportSeconds" in sim:
@@ -452,6 +459,7 @@ def _host(node: Node, base: Path, now: float) -> SimHost:
     culture = keys["UICulture"].string() if "UICulture" in keys else "en-US"
     if culture not in enums.SERVICE_DISPLAY_NAMES:
         keys["UICulture"].fail(f"simulated cultures: {', '.join(enums.SERVICE_DISPLAY_NAMES)}")
+    username = sim["Username"].string() if "Username" in sim else "monitor"
     host = SimHost(
         computer_name=keys["ComputerName"].string(),
         os_caption=keys["OSCaption"].string() if "OSCaption" in keys else "Microsoft Windows Server 2022 Datacenter",
@@ -460,11 +468,12 @@ def _host(node: Node, base: Path, now: float) -> SimHost:
         vms=vms,
         clock_offset=keys["ClockOffsetSeconds"].number() if "ClockOffsetSeconds" in keys else 0.0,
         port=sim["Port"].integer(0, 65535) if "Port" in sim else 0,
-        username=sim["Username"].string() if "Username" in sim else "monitor",
+        username=username,
         password=_password(sim, base),
         latency=sim["LatencySeconds"].number(minimum=0) if "LatencySeconds" in sim else 0.0,
         run_seconds=sim["RunSeconds"].number(minimum=0) if "RunSeconds" in sim else 0.05,
         process_cost=process_cost,
+        access=parse_accounts(sim, username),
     )
     for vm in vms:
         vm.host = host
