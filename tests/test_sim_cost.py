@@ -23,6 +23,7 @@ from hyperv_exporter.host import cimxml, report, script
 from hyperv_exporter.host.cli import build_parser, start
 from hyperv_exporter.host.collectors import DEFAULT_COLLECTORS, sections_for
 from hyperv_exporter.host.collectors.host import host_clock_offset
+from hyperv_exporter.host.transport.psrp import PSRPSession
 from hyperv_exporter.host.transport.settings import Secret, WinRMSettings
 from hyperv_exporter.host.transport.winrs import WinRMSession, return_leg_bound
 from hyperv_exporter.sim.cost import NO_COST, POWERSHELL, WINDOWS, WSMPROVHOST, HostCounters, ProcessCost
@@ -170,7 +171,7 @@ def _metrics(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     }
 
 
-def _session(url: str) -> WinRMSession:
+def _session(url: str, protocol: str = "winrs") -> WinRMSession | PSRPSession:
     settings = WinRMSettings(
         scheme="http",
         transport="basic",
@@ -178,8 +179,10 @@ def _session(url: str) -> WinRMSession:
         password=Secret(PASSWORD),
         allow_unencrypted=True,
         message_encryption="never",
+        protocol=protocol,
     )
-    return WinRMSession(url, settings, script.script_text())
+    kind = PSRPSession if protocol == "psrp" else WinRMSession
+    return kind(url, settings, script.script_text())
 
 
 def test_the_simulators_metrics_show_what_probes_cost_each_host(simulator: Simulator) -> None:
@@ -188,10 +191,9 @@ def test_the_simulators_metrics_show_what_probes_cost_each_host(simulator: Simul
     try:
         busy, idle = (h.computer_name for h in simulator.fleet.hosts)
         session = _session(simulator.url(busy))
-        command, arguments = script.command_line(sections_for(DEFAULT_COLLECTORS), True)
         try:
             for _ in range(2):
-                session.run(command, arguments, time.monotonic() + 30)
+                session.collect(sections_for(DEFAULT_COLLECTORS), True, time.monotonic() + 30)
         finally:
             session.close()
         metrics = _metrics(server.urls[0] + "/metrics")
@@ -255,36 +257,64 @@ def test_the_offset_rests_on_the_return_leg_when_the_host_held_the_answer() -> N
     assert host_clock_offset(t1, t2, t3, t4, return_leg=10.0) == (ntp, ntp_width)
 
 
+def test_the_offset_rests_on_the_outbound_leg_when_the_process_was_running() -> None:
+    """Synthetic psrp times: the pipeline's first line runs as the request arrives; its output then
+    waits 0.4 s for our next Receive, which would bias the NTP midpoint by 0.2 s."""
+    offset, leg, run, wait = -3.0, 0.025, 0.05, 0.4
+    t1 = 2000.0
+    t2 = t1 + leg + offset
+    t3 = t2 + run
+    t4 = t3 - offset + wait + leg
+    ntp, _ = host_clock_offset(t1, t2, t3, t4)
+    assert ntp - offset == pytest.approx(-wait / 2)
+    measured, width = host_clock_offset(t1, t2, t3, t4, outbound_leg=2 * leg)
+    assert measured == pytest.approx(offset)
+    assert width == pytest.approx(leg)
+
+
 def test_the_return_leg_is_bounded_only_when_the_host_held_the_receive() -> None:
     assert return_leg_bound(0.05, 1.7) == 0.05  # held for the command's run: one leg at most
     assert return_leg_bound(0.05, 0.06) is None  # answered at once: the output may have waited
     assert return_leg_bound(0.0, 1.0) is None
 
 
-def test_the_host_clock_offset_is_unbiased_by_the_process_start_up() -> None:
-    """Simulated: 50 ms round trip, a 0.4 s start-up before the script's first reading."""
+@pytest.mark.parametrize("protocol", ["winrs", "psrp"])
+def test_the_host_clock_offset_is_unbiased_by_the_process_start_up(protocol: str) -> None:
+    """Simulated: 50 ms round trip, 0.4 s start-up of every new process (powershell.exe per winrs
+    command, wsmprovhost.exe per psrp runspace pool). Two probes: the first opens the shell or pool."""
     fleet = generate_fleet(1, 20, latency=0.05, run_seconds=0.05, password=PASSWORD)
     (host,) = fleet.hosts
     host.clock_offset = 0.7
     cost = ProcessCost(start_seconds=0.4, import_seconds=0.1)
     sim = Simulator(fleet, process_cost=cost)
     sim.start()
-    session = _session(sim.url(host.computer_name))
+    session = _session(sim.url(host.computer_name), protocol)
+    sections = sections_for(DEFAULT_COLLECTORS)
     try:
-        command, arguments = script.command_line(sections_for(DEFAULT_COLLECTORS), True)
-        exchange = session.run(command, arguments, time.monotonic() + 30)
+        exchanges = [session.collect(sections, True, time.monotonic() + 30) for _ in range(2)]
     finally:
         session.close()
         sim.stop()
-    text = report.decode_output(exchange.stdout, 1 << 24)
-    parsed = report.parse_report(text, cimxml.allowlist(("OSName",), 100), frozenset({"guest_intrinsic"}))
-    assert parsed.clock_start is not None and parsed.clock_end is not None
-    assert exchange.return_leg is not None  # the host held the Receive for the half second
-    offset, uncertainty = host_clock_offset(
-        exchange.sent, parsed.clock_start, parsed.clock_end, exchange.received, exchange.return_leg
-    )
-    error = offset - host.clock_offset
-    assert abs(error) <= uncertainty  # honest
-    assert uncertainty < 0.05  # half a round trip plus scheduling, not the start-up
-    ntp, _ = host_clock_offset(exchange.sent, parsed.clock_start, parsed.clock_end, exchange.received)
-    assert ntp - host.clock_offset > cost.start_seconds / 4  # what the midpoint alone would have said
+    for exchange in exchanges:
+        text = report.decode_output(exchange.stdout, 1 << 24)
+        parsed = report.parse_report(text, cimxml.allowlist(("OSName",), 100), frozenset({"guest_intrinsic"}))
+        assert parsed.clock_start is not None and parsed.clock_end is not None
+        if protocol == "winrs":
+            assert exchange.return_leg is not None  # the host held the Receive for the half second
+        else:
+            assert exchange.outbound_leg is not None  # the runspace pool's process was running
+        offset, uncertainty = host_clock_offset(
+            exchange.sent,
+            parsed.clock_start,
+            parsed.clock_end,
+            exchange.received,
+            exchange.return_leg,
+            exchange.outbound_leg,
+        )
+        error = offset - host.clock_offset
+        assert abs(error) <= uncertainty  # honest
+        assert uncertainty < 0.1  # half a round trip plus scheduling, not the start-up
+    if protocol == "winrs":
+        exchange = exchanges[-1]
+        ntp, _ = host_clock_offset(exchange.sent, parsed.clock_start, parsed.clock_end, exchange.received)
+        assert ntp - host.clock_offset > cost.start_seconds / 4  # what the midpoint alone would have said

@@ -12,27 +12,39 @@ from hyperv_exporter.host.collectors.base import Collector, CollectorContext, Fa
 
 
 def host_clock_offset(
-    sent: float, script_start: float, script_end: float, received: float, return_leg: float | None = None
+    sent: float,
+    script_start: float,
+    script_end: float,
+    received: float,
+    return_leg: float | None = None,
+    outbound_leg: float | None = None,
 ) -> tuple[float, float]:
     """(offset, uncertainty) of the host clock relative to ours: the middle and half the width of
     the interval the offset must lie in.
 
-    We took our clock before sending the command (t1) and when its first output arrived (t4); the
-    script read the host clock at its first line (T2) and just before printing (T3). The host read
-    T2 after we sent and T3 before we received, so, as in NTP, the offset lies in
-    [T3 - t4, T2 - t1]. Its middle is NTP's offset, exact when the two legs are equal; but a WinRS
+    We took our clock when the request that started the script left (t1) and when its first output
+    arrived (t4); the script read the host clock at its first line (T2) and just before printing
+    (T3). The host read T2 after we sent and T3 before we received, so, as in NTP, the offset lies
+    in [T3 - t4, T2 - t1]. Its middle is NTP's offset, exact when both legs are equal; but a WinRS
     command starts a new powershell.exe first, which lengthens the outbound leg by the start-up
-    (about a second) and biases the middle by half of it. ``return_leg`` (an upper bound on the
-    time from T3 to t4, which the transport knows when the host held our Receive until the output
-    appeared) narrows the interval to [T3 - t4, T3 - t4 + return_leg]: the offset then rests on
-    the return leg only, and the start-up does not matter. Over PSRP both readings are taken in a
-    process that is already running, so the legs are alike and the NTP interval is already narrow.
+    (about a second) and biases the middle by half of it. The transport narrows the interval where
+    the exchange shows more:
+
+    - ``return_leg`` bounds the time from T3 to t4 (the host held our Receive until the output
+      appeared): the offset is at most T3 - t4 + return_leg. It rests on the return leg only, and
+      no start-up before T2 matters (winrs, and psrp's long runs).
+    - ``outbound_leg`` bounds the time from t1 to T2 (psrp: the pipeline runs in the runspace
+      pool's process, already running, as soon as the request arrives): the offset is at least
+      T2 - t1 - outbound_leg, whatever the output then waited for.
     """
-    low = script_end - received
-    high = script_start - sent
+    earliest = low = script_end - received
+    latest = high = script_start - sent
     if return_leg is not None:
-        high = min(high, low + return_leg)
-    high = max(high, low)  # clocks read a tick apart can cross by a tick; never a negative width
+        high = min(high, earliest + return_leg)
+    if outbound_leg is not None:
+        low = max(low, latest - outbound_leg)
+    if low > high:  # the legs' bounds disagree (a host slower than they assume): report both ends
+        low, high = high, low
     return (low + high) / 2.0, (high - low) / 2.0
 
 
@@ -56,7 +68,7 @@ class HostCollector(Collector):
         report, clock = ctx.report, ctx.clock
         if clock is not None and report.clock_start is not None and report.clock_end is not None:
             offset, uncertainty = host_clock_offset(
-                clock.sent, report.clock_start, report.clock_end, clock.received, clock.return_leg
+                clock.sent, report.clock_start, report.clock_end, clock.received, clock.return_leg, clock.outbound_leg
             )
             families.append(
                 single(
