@@ -19,7 +19,7 @@ import ssl
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import lru_cache, partial
 
 from psrpcore.types import ErrorCategory
 
@@ -34,6 +34,7 @@ from hyperv_exporter.sim.accounts import (
     least_privilege,
     restrict_document,
 )
+from hyperv_exporter.sim.cost import NO_COST, POWERSHELL, WSMPROVHOST, HostCounters, ProcessCost
 from hyperv_exporter.sim.fleet import SimFleet, SimHost, to_ticks
 from hyperv_exporter.sim.ps51json import dumps
 from hyperv_exporter.sim.wsman import CommandResult, Shell, WSManEndpoint, clixml_error
@@ -120,10 +121,12 @@ def _command_not_found(name: str) -> PipelineError:
 
 
 class HostRunner:
-    """The CommandRunner (WinRS) and PipelineRunner (PSRP) for one simulated host."""
+    """The CommandRunner (WinRS: every ``powershell`` command is a new process) and PipelineRunner
+    (PSRP: pipelines in the runspace pool's already running process) for one simulated host."""
 
-    def __init__(self, host: SimHost) -> None:
+    def __init__(self, host: SimHost, counters: HostCounters | None = None) -> None:
         self.host = host
+        self.counters = counters if counters is not None else HostCounters()
         self.runs = 0
 
     def identity(self, username: str) -> Identity:
@@ -197,6 +200,9 @@ class HostRunner:
                 "operable program or batch file.\r\n".encode(),
                 exit_code=1,
             )
+        # WinRS starts powershell.exe for this command whatever it then runs; it pays the start-up
+        # before its first line and the Hyper-V module import on the script's first Get-VM.
+        process = self.counters.start_process(POWERSHELL, self.host.process_cost or NO_COST)
         encoded = _encoded_command(tokens)
         try:
             text = script.decode_command(encoded) if encoded else ""
@@ -209,6 +215,7 @@ class HostRunner:
                     "hyperv-sim: this simulated Hyper-V host runs only the hyperv-exporter collection script."
                 ),
                 exit_code=1,
+                run_seconds=process.start_seconds,
             )
         shipped = shell.env.get(script.SCRIPT_ENV)
         if shipped is None:
@@ -217,6 +224,7 @@ class HostRunner:
                     'Exception calling "Create" with "1" argument(s): "Value cannot be null.\r\nParameter name: script"'
                 ),
                 exit_code=1,
+                run_seconds=process.start_seconds,
             )
         if script.script_digest(shipped) != script.script_digest():
             return CommandResult(
@@ -224,21 +232,33 @@ class HostRunner:
                     "hyperv-sim: the script in the shell environment is not this version's collect.ps1."
                 ),
                 exit_code=1,
+                run_seconds=process.start_seconds,
             )
         sections, use_gzip = loader
         self.runs += 1
-        return self.answer(sections, use_gzip, shell.codepage, self.identity(shell.username))
+        return self.answer(sections, use_gzip, shell.codepage, self.identity(shell.username), process)
 
     def answer(
-        self, sections: list[str], use_gzip: bool, codepage: int, identity: Identity = _UNCHECKED
+        self,
+        sections: list[str],
+        use_gzip: bool,
+        codepage: int,
+        identity: Identity = _UNCHECKED,
+        process: ProcessCost = NO_COST,
     ) -> CommandResult:
+        """The script's output. ``process``: the cost of the new process it runs in (WinRS); NO_COST
+        for a pipeline in an already running one (a kept PSRP runspace)."""
         host = self.host
         fault = host.output_fault
-        started = time.time()
+        # The script's first line runs once the process is up: its ClockStart and the VMs' uptimes
+        # are read then. Its output exists after the module import and the script's own run time.
+        started = time.time() + process.start_seconds
+        run_seconds = process.total + host.run_seconds
+        self.counters.script_ran(host.run_seconds)
         if fault == "bad_clixml":
-            return CommandResult(stderr=_BAD_CLIXML, exit_code=1, run_seconds=host.run_seconds)
+            return CommandResult(stderr=_BAD_CLIXML, exit_code=1, run_seconds=run_seconds)
         if fault == "huge_stderr":
-            return CommandResult(stderr=b"E" * (12 * 1024 * 1024), exit_code=1, run_seconds=host.run_seconds)
+            return CommandResult(stderr=b"E" * (12 * 1024 * 1024), exit_code=1, run_seconds=run_seconds)
         if fault == "powershell_error":
             return CommandResult(
                 stderr=clixml_error(
@@ -246,7 +266,7 @@ class HostRunner:
                     "administrator of the authorization policy for the computer 'localhost'."
                 ),
                 exit_code=1,
-                run_seconds=host.run_seconds,
+                run_seconds=run_seconds,
             )
         doc = restrict_document(host.document(sections, started), identity, host.computer_name)
         if fault == "vm_section_error":
@@ -261,9 +281,11 @@ class HostRunner:
         text = dumps(doc, compress=True)
         if fault == "surrogates":
             text = text.replace(_SURROGATE_NAME, _SURROGATE_ESCAPES)
-        # The script reads its end clock right before printing; here the output exists once this
-        # method returns and run_seconds have passed, so that is the moment the end clock stands for.
-        text = text[:-1] + ',"ClockEndTicks":' + str(to_ticks(time.time() + host.run_seconds + host.clock_offset)) + "}"
+        # The script reads its end clock right before printing; the shell service makes the output
+        # available run_seconds after the Command arrived (about when this method began), so that is
+        # the moment the end clock stands for.
+        end = started - process.start_seconds + run_seconds
+        text = text[:-1] + ',"ClockEndTicks":' + str(to_ticks(end + host.clock_offset)) + "}"
         if fault == "huge":
             text = '{"SchemaVersion":1,"VMs":[' + ",".join(['{"Name":"x"}'] * 400_000) + "]}"
         elif fault == "deep_nesting":
@@ -283,7 +305,7 @@ class HostRunner:
         elif fault == "truncated":
             stdout = stdout[: len(stdout) // 2]
         stderr = PROGRESS_CLIXML if fault == "progress_stderr" else b""
-        return CommandResult(stdout=stdout, stderr=stderr, exit_code=0, run_seconds=host.run_seconds)
+        return CommandResult(stdout=stdout, stderr=stderr, exit_code=0, run_seconds=run_seconds)
 
 
 # The WinRM block for a simulator: Basic over plain HTTP is acceptable only because the listeners
@@ -360,13 +382,15 @@ def _authorizer(host: SimHost) -> Callable[[str, str], soap.SoapFault | None]:
     return authorize
 
 
-def _pool_opened(host: SimHost) -> Callable[[PoolInfo], None]:
+def _pool_opened(
+    host: SimHost, counters: HostCounters, pause: Callable[[float], None]
+) -> Callable[[PoolInfo], None]:
     def opened(pool: PoolInfo) -> None:
-        # A runspace pool is a new wsmprovhost.exe on a real host. h11b-cost's process model counts and
-        # charges it (a no-op until that model exists on SimHost).
-        processes = getattr(host, "processes", None)
-        if processes is not None:
-            processes.started("wsmprovhost.exe")
+        # A runspace pool is a new wsmprovhost.exe on a real host: it pays the start-up and the
+        # Hyper-V module import once (charged here, before the pool's Create is answered) and stays
+        # up, so the pool's pipelines start no process.
+        cost = counters.start_process(WSMPROVHOST, host.process_cost or NO_COST)
+        pause(cost.total)
         log.debug("runspace pool opened", extra=logutil.fields(host=host.computer_name, endpoint=pool.configuration))
 
     return opened
@@ -409,25 +433,32 @@ class Simulator:
 
     Listeners accept Basic and NTLM (with message encryption over HTTP); with ``ssl_context`` they
     serve HTTPS. ``allow_unencrypted=False`` refuses plaintext SOAP over HTTP, as Windows does by default.
+    ``process_cost`` is what a new PowerShell process costs a host whose fleet entry does not say
+    (sim.cost: zero here, ``WINDOWS`` in hyperv-sim and --demo); ``counters`` count it per host.
     """
 
     fleet: SimFleet
     bind: str = "127.0.0.1"
     ssl_context: ssl.SSLContext | None = None
     allow_unencrypted: bool = True
+    process_cost: ProcessCost = NO_COST
     endpoints: dict[str, WSManEndpoint] = field(default_factory=dict)
     runners: dict[str, HostRunner] = field(default_factory=dict)
+    counters: dict[str, HostCounters] = field(default_factory=dict)
 
     def start(self) -> None:
         for host in self.fleet.hosts:
-            runner = HostRunner(host)
+            if host.process_cost is None:
+                host.process_cost = self.process_cost
+            counters = self.counters.setdefault(host.computer_name, HostCounters())
+            runner = HostRunner(host, counters)
             users = _HostUsers(host) if host.password is not None else None
             endpoint = WSManEndpoint(
                 runner,
                 authorize=_authorizer(host) if users is not None else None,
                 psrp_runner=runner.pipeline,
                 configurations=lambda host=host: host.access.configurations(),  # type: ignore[misc]
-                pool_opened=_pool_opened(host),
+                pool_opened=_pool_opened(host, counters, partial(self._pause, host.computer_name)),
                 host=self.bind,
                 port=host.port,
                 users=users,
@@ -444,6 +475,14 @@ class Simulator:
     def stop(self) -> None:
         for endpoint in self.endpoints.values():
             endpoint.stop()
+
+    def _pause(self, computer_name: str, seconds: float) -> None:
+        self.endpoints[computer_name].pause(seconds)  # interrupted by the listener's stop()
+
+    def set_process_cost(self, cost: ProcessCost) -> None:
+        """What a new process costs every host from now on (tests and benchmarks)."""
+        for host in self.fleet.hosts:
+            host.set(process_cost=cost)
 
     def url(self, computer_name: str) -> str:
         return self.endpoints[computer_name].url

@@ -236,13 +236,14 @@ class PsrpHost:
         pipeline = pool.pipelines.get(command_id)
         if pipeline is None or pipeline.result is not None:
             return
+        started = time.monotonic()  # run_seconds count from the pipeline's start, not the runner's end
         try:
             result = self.runner(pool.info, _commands(pipeline.server))
         except Exception as exc:
             logger.debug("psrp pipeline runner failed", exc_info=True)
             raise soap.RequestError(soap.fault_runner_failed(exc)) from exc
         pipeline.result = result
-        pipeline.ready_at = time.monotonic() + max(result.run_seconds, 0.0)
+        pipeline.ready_at = started + max(result.run_seconds, 0.0)
 
     def _emit(self, pool: _Pool, pipeline: _Pipeline) -> None:
         """The pipeline's output and final state, once its simulated run time has passed."""

@@ -51,7 +51,7 @@ from hyperv_exporter import logutil
 from hyperv_exporter.host.transport.errors import ACCESS_DENIED_HINT, WSMAN_ACCESS_DENIED, ProbeError
 from hyperv_exporter.host.transport.http import HardenedHTTP, UnsafeResponse, system_ca_path
 from hyperv_exporter.host.transport.settings import WinRMSettings
-from hyperv_exporter.host.transport.winrs import WSMAN_INVALID_SELECTORS, Exchange, classify
+from hyperv_exporter.host.transport.winrs import WSMAN_INVALID_SELECTORS, Exchange, classify, return_leg_bound
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +75,7 @@ class _HardenedTransportHTTP(_TransportHTTP):
 
     http: HardenedHTTP
     requests_total: int
+    last_wire: tuple[float, float] = (0.0, 0.0)  # (sent, answered) of the latest request: clock offset
 
     def _build_session(self) -> requests.Session:
         session: requests.Session = super()._build_session()
@@ -89,7 +90,9 @@ class _HardenedTransportHTTP(_TransportHTTP):
         self.requests_total += 1
         session = cast(requests.Session, self.session)
         limit = timeout if timeout is not None else (self.connection_timeout, self.read_timeout)
+        asked = time.time()
         response = self.http.send(lambda: session.send(request, timeout=limit, allow_redirects=False))
+        self.last_wire = (asked, time.time())
         if 300 <= response.status_code < 400:
             # WinRM never redirects; following one would hand the credentials to another host.
             raise UnsafeResponse(f"the listener answered with a redirect (HTTP {response.status_code})")
@@ -116,6 +119,14 @@ class _Pool(RunspacePool):
 
     session: PSRPSession
     deadline = 0.0
+    # Wire times of the Receive that brought a pipeline's first output (the host read its end
+    # clock just before writing it); reset before each pipeline.
+    first_output: tuple[float, float] | None = None
+
+    def _parse_responses(self, responses: bytes, pipeline: PowerShell | None = None) -> list[tuple[int, Any]]:
+        if pipeline is not None and responses and self.first_output is None:
+            self.first_output = cast(_HardenedTransportHTTP, self.connection.transport).last_wire
+        return super()._parse_responses(responses, pipeline)
 
     def _receive(self, id: str | None = None, timeout: int | None = None) -> list[tuple[int, Any]]:
         while True:
@@ -313,8 +324,11 @@ class PSRPSession:
         pool.deadline = deadline
         ps = self._pipeline(pool, sections, gzip)
         self.arm(pool.connection, deadline)
-        sent = time.time()
+        transport = cast(_HardenedTransportHTTP, pool.connection.transport)
+        pool.first_output = None
         ps.begin_invoke()
+        sent, answered = transport.last_wire  # the Command that created the pipeline
+        round_trip = answered - sent
         size = 0
         while ps.state == PSInvocationState.RUNNING:
             ps.poll_invoke()  # Receive: bounded by the deadline through _Pool._receive
@@ -326,12 +340,13 @@ class PSRPSession:
                 else:
                     ps.close()  # Signal terminate: release what it produced
                 self._used = time.monotonic()
-                raise _PipelineTooLarge("output_too_large", f"output exceeds {self.settings.max_output_bytes} bytes")
-        received = time.time()
+                raise _PipelineTooLarge
+        asked, received = pool.first_output or (sent, time.time())
         # Signal terminate releases the pipeline on the host; the pool stays open. It may use a
         # second past the deadline: skipping it would leak the pipeline on the host.
         self.arm(pool.connection, deadline + 1.0)
         ps.close()
+        round_trip = min(round_trip, transport.last_wire[1] - transport.last_wire[0])
         self._used = time.monotonic()
         failed = ps.state != PSInvocationState.COMPLETED
         errors = error_text(ps.streams.error) if failed else ""
@@ -343,6 +358,10 @@ class PSRPSession:
             received=received,
             requests=0,  # counted by collect()
             new_shell=new_pool,
+            return_leg=return_leg_bound(round_trip, received - asked),
+            # The pipeline runs in the pool's process, already running: its first line runs as the
+            # Command arrives, within that request's round trip (the host answers it at once).
+            outbound_leg=round_trip,
             failure=f"PowerShell pipeline {_STATE_NAMES.get(ps.state, ps.state)}: {errors or 'no error text'}"
             if failed
             else None,
