@@ -382,9 +382,7 @@ def _authorizer(host: SimHost) -> Callable[[str, str], soap.SoapFault | None]:
     return authorize
 
 
-def _pool_opened(
-    host: SimHost, counters: HostCounters, pause: Callable[[float], None]
-) -> Callable[[PoolInfo], None]:
+def _pool_opened(host: SimHost, counters: HostCounters, pause: Callable[[float], None]) -> Callable[[PoolInfo], None]:
     def opened(pool: PoolInfo) -> None:
         # A runspace pool is a new wsmprovhost.exe on a real host: it pays the start-up and the
         # Hyper-V module import once (charged here, before the pool's Create is answered) and stays
