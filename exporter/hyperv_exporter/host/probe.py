@@ -258,7 +258,8 @@ class Prober:
         try:
             with session.lock:
                 result.note(f"probing {session.url} with collectors {','.join(collectors)}")
-                exchange = session.collect(sections_for(collectors), module.winrm.gzip, deadline)
+                kvp_keys = report.kvp_keys_read(module.kvp.keys)  # filtered on the host (collect.ps1 -KvpKeys)
+                exchange = session.collect(sections_for(collectors), module.winrm.gzip, deadline, kvp_keys)
             result.requests = exchange.requests
             result.output_bytes = len(exchange.stdout)
             result.note(

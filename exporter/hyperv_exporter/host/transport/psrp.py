@@ -50,6 +50,7 @@ from pypsrp.powershell import PowerShell, RunspacePool
 from pypsrp.wsman import WSMan, _TransportHTTP
 
 from hyperv_exporter import logutil
+from hyperv_exporter.host.script import host_filterable
 from hyperv_exporter.host.transport.errors import ACCESS_DENIED_HINT, WSMAN_ACCESS_DENIED, ProbeError
 from hyperv_exporter.host.transport.http import HardenedHTTP, UnsafeResponse, system_ca_path
 from hyperv_exporter.host.transport.settings import WinRMSettings
@@ -332,7 +333,7 @@ class PSRPSession:
         return opening.pool, True
 
     # -- one run -------------------------------------------------------------------------------
-    def collect(self, sections: Sequence[str], gzip: bool, deadline: float) -> Exchange:
+    def collect(self, sections: Sequence[str], gzip: bool, deadline: float, kvp_keys: Sequence[str] = ()) -> Exchange:
         """Run the collection for ``sections`` as one pipeline; raises :class:`ProbeError`."""
         requests_before = self.requests_total
         attempts = 2  # a kept pool may have gone on the host: open a new one once
@@ -341,7 +342,7 @@ class PSRPSession:
             new_pool = False
             try:
                 pool, new_pool = self._runspace_pool(deadline)
-                exchange = self._run_on(pool, sections, gzip, deadline, new_pool)
+                exchange = self._run_on(pool, sections, gzip, kvp_keys, deadline, new_pool)
                 self._count(pool.connection)
                 return replace(exchange, requests=self.requests_total - requests_before)
             except _StillOpening:
@@ -365,20 +366,31 @@ class PSRPSession:
                 self._drop_pool(graceful=error.reason not in ("connection", "tls", "auth"))
                 raise error from None
 
-    def _pipeline(self, pool: _Pool, sections: Sequence[str], gzip: bool) -> PowerShell:
+    def _pipeline(self, pool: _Pool, sections: Sequence[str], gzip: bool, kvp_keys: Sequence[str]) -> PowerShell:
         ps = PowerShell(pool)
         if uses_script_text(self.settings.configuration_name):
             ps.add_script(self.script)
         else:
             ps.add_cmdlet(JEA_COMMAND)
         ps.add_parameter("Collectors", ",".join(sections))
+        if "kvp" in sections and host_filterable(kvp_keys):
+            # The module's KVP allowlist, filtered on the host (no command line to fit here).
+            ps.add_parameter("KvpKeys", list(kvp_keys))
         if gzip:
             ps.add_parameter("Gzip", True)
         return ps
 
-    def _run_on(self, pool: _Pool, sections: Sequence[str], gzip: bool, deadline: float, new_pool: bool) -> Exchange:
+    def _run_on(
+        self,
+        pool: _Pool,
+        sections: Sequence[str],
+        gzip: bool,
+        kvp_keys: Sequence[str],
+        deadline: float,
+        new_pool: bool,
+    ) -> Exchange:
         pool.deadline = deadline
-        ps = self._pipeline(pool, sections, gzip)
+        ps = self._pipeline(pool, sections, gzip, kvp_keys)
         self.arm(pool.connection, deadline)
         transport = cast(_HardenedTransportHTTP, pool.connection.transport)
         pool.first_output = None

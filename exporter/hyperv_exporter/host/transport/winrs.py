@@ -33,7 +33,7 @@ from winrm.exceptions import (
 from winrm.protocol import Protocol
 
 from hyperv_exporter import logutil
-from hyperv_exporter.host.script import SCRIPT_ENV, command_line
+from hyperv_exporter.host.script import SCRIPT_ENV, probe_command
 from hyperv_exporter.host.transport.errors import ACCESS_DENIED_HINT, WSMAN_ACCESS_DENIED, ProbeError
 from hyperv_exporter.host.transport.http import (
     DeadlineExceeded,
@@ -290,9 +290,10 @@ class WinRMSession:
         return self._protocol, self._shell_id, True
 
     # -- one run -------------------------------------------------------------------------------
-    def collect(self, sections: Sequence[str], gzip: bool, deadline: float) -> Exchange:
-        """Run the collection script for ``sections`` (the prober's entry point, as on ``psrp.PSRPSession``)."""
-        command, args = command_line(sections, gzip)
+    def collect(self, sections: Sequence[str], gzip: bool, deadline: float, kvp_keys: Sequence[str] = ()) -> Exchange:
+        """Run the collection script for ``sections`` (the prober's entry point, as on ``psrp.PSRPSession``);
+        ``kvp_keys`` go to the host as ``-KvpKeys`` when they fit (``script.probe_command``)."""
+        command, args = probe_command(sections, gzip, kvp_keys)
         return self.run(command, args, deadline)
 
     def run(self, command: str, arguments: Sequence[str], deadline: float) -> Exchange:
