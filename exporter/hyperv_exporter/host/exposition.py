@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from prometheus_client.core import Metric
 
-from hyperv_exporter import logutil
+from hyperv_exporter import logutil, openmetrics
 from hyperv_exporter.host.collectors import COLLECTORS
 from hyperv_exporter.host.collectors.base import CollectorContext, Escaped, Family, single
 from hyperv_exporter.host.probe import ProbeResult
@@ -127,6 +127,12 @@ def _collect(result: ProbeResult, timeout: float, last_success: float | None) ->
 
 def render(result: ProbeResult, timeout: float) -> bytes:
     return _collect(result, timeout, result.collected_at).text.encode("utf-8")
+
+
+def render_openmetrics(result: ProbeResult, timeout: float) -> bytes:
+    """:func:`render` as OpenMetrics 1.0 (for a scraper that asks for it; see hyperv_exporter.openmetrics)."""
+    output = _collect(result, timeout, result.collected_at)
+    return openmetrics.text_to_openmetrics(output.text, output.families).encode("utf-8")
 
 
 def families(result: ProbeResult, timeout: float) -> list[Metric]:
