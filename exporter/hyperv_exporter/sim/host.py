@@ -15,12 +15,14 @@ from __future__ import annotations
 import base64
 import gzip
 import logging
+import re
 import ssl
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache, partial
 
+from defusedxml.ElementTree import fromstring as safe_fromstring
 from psrpcore.types import ErrorCategory
 
 from hyperv_exporter import logutil
@@ -118,6 +120,28 @@ def _script_error(message: str, fq_error: str, category: ErrorCategory, reason: 
     )
 
 
+def _error_text(stderr: bytes, limit: int = 4000) -> str:
+    """The message of the error a failing run wrote to stderr as console CLIXML, as its error record
+    carries it over PSRP: the console's wrapping undone, without the "Command : " prefix and the
+    "+ CategoryInfo" lines the console adds."""
+    text = stderr[:limit].decode("utf-8", errors="replace")
+    if text.startswith("#< CLIXML"):
+        try:
+            root = safe_fromstring(text.split("\n", 1)[1])
+            text = "".join(node.text or "" for node in root.iter() if node.get("S") == "Error")
+        except Exception:  # malformed on purpose (the bad_clixml fault): keep the raw text
+            log.debug("stderr CLIXML not parsed", exc_info=True)
+    message = ""
+    for line in text.split("_x000D__x000A_"):
+        if line.strip().startswith("+ "):
+            break
+        if line.strip():
+            # The console cut long lines, appending a blank and indenting the rest by three.
+            message = message[:-1] + line.lstrip() if message.endswith(" ") else message + line
+    message = re.sub(r"^[\w-]+ : ", "", message.strip())
+    return message[:2000] or "the script failed"
+
+
 def _command_not_found(name: str) -> PipelineError:
     return _script_error(
         f"The term '{name}' is not recognized as the name of a cmdlet, function, script file, or operable program. "
@@ -195,9 +219,9 @@ class HostRunner:
         self.runs += 1
         result = self.answer(sections, params.get("gzip") not in (None, False), 65001, kvp_keys, identity=identity)
         if result.exit_code != 0:
+            # A failing run: over PSRP its error record travels as such, not as console CLIXML.
             return PipelineResult(error=_script_error(
-                result.stderr.decode("utf-8", errors="replace")[:2000], "hyperv-sim-fault",
-                ErrorCategory.NotSpecified, "RuntimeException", "",
+                _error_text(result.stderr), "hyperv-sim-fault", ErrorCategory.NotSpecified, "RuntimeException", "",
             ), run_seconds=result.run_seconds)  # fmt: skip
         # In a runspace the script's output is one string object (no console, so no code page).
         return PipelineResult([result.stdout.decode("utf-8", errors="replace")], run_seconds=result.run_seconds)
