@@ -251,14 +251,14 @@ def series_budget_markdown() -> list[str]:
         "`hyperv_vm_replication_mode`, `hyperv_vm_replication_health`) are one series per VM whose label holds",
         "the current value (value 1), not one 0/1 series per possible value: 30 states, 9 heartbeat statuses",
         "and 34 replication values per VM were 70 of the former 73-79 series per VM, and the alerts and",
-        'dashboards only ever ask `{state="running"} == 1`-style questions, which read the same. Prometheus\'',
+        "dashboards only ever ask `{state=\"running\"} == 1`-style questions, which read the same. Prometheus'",
         "guidance (instrumentation practices: a label per state, one series each, is fine while the states",
         "are few) and windows_exporter's practice (one series per object for a many-valued state) both point",
         "away from a 30-value one-hot family per VM. A VM that changes state starts a new series and ends the",
         "old one; VM state changes are rare. Integration services are one series per VM and service:",
         "`status` is `disabled` or the service's operational status. The full one-hot form is not offered:",
-        'nothing in the alerts or dashboards needs the zeros (a "not running" question is',
-        '`unless ... {state="running"}`), and it would cost 30 series per VM again.',
+        "nothing in the alerts or dashboards needs the zeros (a \"not running\" question is",
+        "`unless ... {state=\"running\"}`), and it would cost 30 series per VM again.",
     ]
 
 

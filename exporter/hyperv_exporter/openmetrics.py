@@ -37,7 +37,6 @@ class Family(Protocol):
     @property
     def sample_name(self) -> str: ...
 
-
 __all__ = ["OPENMETRICS_CONTENT_TYPE", "encode_registry", "negotiate", "text_to_openmetrics"]
 
 _HEADER = re.compile(r"^# HELP (\S+) [^\n]*\n# TYPE \S+ \w+\n", re.MULTILINE)
