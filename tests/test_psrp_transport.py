@@ -298,3 +298,19 @@ def test_a_redirect_is_never_followed() -> None:
         for server in (elsewhere, redirecting):
             server.shutdown()
             server.server_close()
+
+
+def test_without_ca_file_the_system_trust_store_is_used_and_requests_ca_bundle_is_not(
+    stacks: list[ConfigurableStack], tmp_path: Path, pki: Pki, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hyperv_exporter.host.transport import http
+
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(pki.other_ca.cert))  # requests would use it; the exporter must not
+    monkeypatch.setenv("SSL_CERT_FILE", str(pki.ca.cert))  # how OpenSSL locates the system store
+    http.system_ca_path.cache_clear()
+    try:
+        winrm = "\n".join(line for line in https_psrp(pki, "basic").splitlines() if "ca_file" not in line)
+        stack = make(stacks, tmp_path, winrm=winrm, ssl_context=pki.server_context())
+        assert_complete(stack.probe(TARGET), stack)
+    finally:
+        http.system_ca_path.cache_clear()
