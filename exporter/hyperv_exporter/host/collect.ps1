@@ -1,9 +1,11 @@
 # hyperv-exporter collection script, schema 1.
 #
 # Runs once per probe on a Hyper-V host under Windows PowerShell and prints ONE document: JSON,
-# or that JSON gzip-compressed and base64-encoded when -Gzip is given. The exporter ships this
-# file in the WinRS shell's environment (HYPERV_EXPORTER_SCRIPT) and starts it with a short
-# -EncodedCommand loader, so cmd.exe's 8,191-character command line limit never applies to it.
+# or that JSON gzip-compressed and base64-encoded when -Gzip is given. Over WinRS the exporter ships
+# this file in the shell's environment (HYPERV_EXPORTER_SCRIPT) and starts it with a short
+# -EncodedCommand loader, so cmd.exe's 8,191-character command line limit never applies to it. Over
+# PSRP it is the pipeline's script on a plain endpoint, or the body of the JEA endpoint's
+# Get-HyperVExporterReport command.
 #
 # Rules this script keeps, and why:
 # - Enums leave as their *names* ([string] casts): VMState numbers above 32782 differ between
@@ -34,6 +36,9 @@ param(
 
 $ErrorActionPreference = 'Stop'
 $ProgressPreference = 'SilentlyContinue'
+# The host clock at the script's first line. Over PSRP (a kept runspace) the process is already
+# running; over WinRS it just started, and this reading comes after its start-up, so the exporter
+# does not take the offset from the midpoint there (host/collectors/host.py).
 $clockStart = [DateTime]::UtcNow.Ticks
 try { [Console]::OutputEncoding = New-Object System.Text.UTF8Encoding $false } catch { }
 

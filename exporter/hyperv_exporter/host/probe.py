@@ -30,6 +30,7 @@ from hyperv_exporter.host.config import Module
 from hyperv_exporter.host.model import HostReport
 from hyperv_exporter.host.selfmetrics import ExporterMetrics
 from hyperv_exporter.host.transport.errors import ProbeError
+from hyperv_exporter.host.transport.psrp import PSRPSession
 from hyperv_exporter.host.transport.winrs import WinRMSession, clixml_errors
 
 log = logging.getLogger(__name__)
@@ -110,7 +111,7 @@ class _Entry:
     """Per (module, target) state."""
 
     target: str = ""  # as first requested: the label on /metrics, however later requests spell it
-    session: WinRMSession | None = None
+    session: WinRMSession | PSRPSession | None = None
     inflight: Future[ProbeResult] | None = None
     last: ProbeResult | None = None
     last_good: ProbeResult | None = None
@@ -249,7 +250,9 @@ class Prober:
         result = ProbeResult(module.name, target, collectors, time.time())
         start = time.monotonic()
         if entry.session is None:
-            entry.session = WinRMSession(module.endpoint_url(target), module.winrm, script.script_text())
+            # The transport is chosen per module: psrp (a kept runspace pool) or winrs (a kept cmd shell).
+            kind = PSRPSession if module.winrm.protocol == "psrp" else WinRMSession
+            entry.session = kind(module.endpoint_url(target), module.winrm, script.script_text())
         session = entry.session
         shells_before = session.shells_opened
         requests_before = session.requests_total
@@ -257,22 +260,26 @@ class Prober:
             with session.lock:
                 result.note(f"probing {session.url} with collectors {','.join(collectors)}")
                 kvp_keys = report.kvp_keys_read(module.kvp.keys)  # filtered on the host (collect.ps1 -KvpKeys)
-                command, args = script.probe_command(sections_for(collectors), module.winrm.gzip, kvp_keys)
-                exchange = session.run(command, args, deadline)
+                exchange = session.collect(sections_for(collectors), module.winrm.gzip, deadline, kvp_keys)
             result.requests = exchange.requests
             result.output_bytes = len(exchange.stdout)
             result.note(
                 f"exit code {exchange.exit_code}, {len(exchange.stdout)} bytes of output, "
                 f"{exchange.requests} HTTP requests{' (new shell)' if exchange.new_shell else ''}"
             )
+            if exchange.failure is not None:
+                raise ProbeError("powershell", exchange.failure)
             if exchange.exit_code != 0:
                 detail = clixml_errors(exchange.stderr) or "no error text"
                 raise ProbeError("powershell", f"PowerShell exited with code {exchange.exit_code}: {detail}")
             text = report.decode_output(exchange.stdout, module.winrm.max_output_bytes)
             kvp_filter = cimxml.allowlist(module.kvp.keys, module.kvp.max_value_length)
             result.report = report.parse_report(text, kvp_filter, frozenset(module.kvp.sources))
-            result.clock = ClockExchange(exchange.sent, exchange.received)
+            result.clock = ClockExchange(exchange.sent, exchange.received, exchange.return_leg, exchange.outbound_leg)
             result.note(f"{len(result.report.vms)} VMs, {len(result.report.problems)} problems")
+            for name, section in result.report.sections.items():
+                if section.error:  # e.g. a permission the account lacks for this section's query
+                    result.note(f"section {name} failed on the host: {section.error}")
         except ProbeError as exc:
             result.reason, result.message = exc.reason, logutil.redact(str(exc))
         except report.ReportError as exc:

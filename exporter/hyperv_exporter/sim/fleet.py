@@ -34,6 +34,8 @@ from typing import Any
 from xml.sax.saxutils import escape
 
 from hyperv_exporter.sim import tables
+from hyperv_exporter.sim.accounts import SIMULATOR_KEYS, HostAccounts, default_accounts, parse_accounts
+from hyperv_exporter.sim.cost import ProcessCost
 from hyperv_exporter.sim.tables import DOTNET_EPOCH_TICKS
 from hyperv_exporter.yamlutil import Node, document, read_text
 
@@ -183,6 +185,8 @@ class SimHost:
     password: str | None = None
     latency: float = 0.0
     run_seconds: float = 0.05
+    # What a new PowerShell process costs this host (sim.cost); None: the Simulator's default.
+    process_cost: ProcessCost | None = None
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
     # Output faults for resilience tests (see sim.host.OUTPUT_FAULTS); None = answer normally.
     output_fault: str | None = None
@@ -194,6 +198,12 @@ class SimHost:
     service_names: dict[str, str] = field(default_factory=dict)  # IntegrationServiceNames: per-host overrides
     guest_service_interface: bool | None = None  # None: from the Windows version (2012 R2 and later)
     fleet: SimFleet | None = field(default=None, repr=False)
+    # Accounts, groups and endpoints: who may open what (sim.accounts). Default: Username is an administrator.
+    access: HostAccounts = field(default_factory=HostAccounts)
+
+    def __post_init__(self) -> None:
+        if not self.access.accounts:
+            self.access = default_accounts(self.username)
 
     def vm(self, name: str) -> SimVM:
         for vm in self.vms:
@@ -535,8 +545,15 @@ def _password(keys: dict[str, Node], base: Path) -> str | None:
 def _host(node: Node, base: Path, now: float) -> SimHost:
     keys = node.mapping(HOST_KEYS, required=["ComputerName"])
     sim = keys["Simulator"].mapping(
-        ["Port", "Username", "PasswordFile", "PasswordEnv", "LatencySeconds", "RunSeconds", "MaxMemoryPerShellMB"]
+        ["Port", "Username", "PasswordFile", "PasswordEnv", "LatencySeconds", "RunSeconds", "MaxMemoryPerShellMB",
+         "ProcessStartSeconds", "ModuleImportSeconds", *SIMULATOR_KEYS]
     ) if "Simulator" in keys else {}  # fmt: skip
+    process_cost = None
+    if "ProcessStartSeconds" in sim or "ModuleImportSeconds" in sim:
+        process_cost = ProcessCost(
+            sim["ProcessStartSeconds"].number(minimum=0) if "ProcessStartSeconds" in sim else 0.0,
+            sim["ModuleImportSeconds"].number(minimum=0) if "ModuleImportSeconds" in sim else 0.0,
+        )
     vms = [_vm(item, now) for item in keys["VMs"].items()] if "VMs" in keys else []
     ids = [vm.id.lower() for vm in vms]
     if len(set(ids)) != len(ids):
@@ -549,6 +566,7 @@ def _host(node: Node, base: Path, now: float) -> SimHost:
         if name not in tables.SERVICES:
             item.fail(f"unknown integration service (one of {', '.join(tables.SERVICES)})")
         service_names[name] = item.string()
+    username = sim["Username"].string() if "Username" in sim else "monitor"
     host = SimHost(
         computer_name=keys["ComputerName"].string(),
         os_caption=keys["OSCaption"].string() if "OSCaption" in keys else "Microsoft Windows Server 2022 Datacenter",
@@ -557,10 +575,12 @@ def _host(node: Node, base: Path, now: float) -> SimHost:
         vms=vms,
         clock_offset=keys["ClockOffsetSeconds"].number() if "ClockOffsetSeconds" in keys else 0.0,
         port=sim["Port"].integer(0, 65535) if "Port" in sim else 0,
-        username=sim["Username"].string() if "Username" in sim else "monitor",
+        username=username,
         password=_password(sim, base),
         latency=sim["LatencySeconds"].number(minimum=0) if "LatencySeconds" in sim else 0.0,
         run_seconds=sim["RunSeconds"].number(minimum=0) if "RunSeconds" in sim else 0.05,
+        process_cost=process_cost,
+        access=parse_accounts(sim, username),
         max_memory_per_shell_mb=sim["MaxMemoryPerShellMB"].integer(1) if "MaxMemoryPerShellMB" in sim else None,
         cluster=keys["Cluster"].string() if "Cluster" in keys else None,
         service_names=service_names,

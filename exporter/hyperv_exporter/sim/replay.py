@@ -33,8 +33,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hyperv_exporter.sim.accounts import Identity
+from hyperv_exporter.sim.cost import NO_COST, ProcessCost
 from hyperv_exporter.sim.fleet import SimFleet, SimHost, to_ticks
-from hyperv_exporter.sim.host import HostRunner, encode_stdout
+from hyperv_exporter.sim.host import UNCHECKED, HostRunner, encode_stdout
 from hyperv_exporter.sim.ps51json import dumps
 from hyperv_exporter.sim.scale import filter_document_kvp
 from hyperv_exporter.sim.tables import DOTNET_EPOCH_TICKS
@@ -248,8 +250,15 @@ class ReplayRunner(HostRunner):
     host: ReplayHost
 
     def answer(
-        self, sections: list[str], use_gzip: bool, codepage: int, kvp_keys: Sequence[str] | None = None
+        self,
+        sections: list[str],
+        use_gzip: bool,
+        codepage: int,
+        kvp_keys: Sequence[str] | None = None,
+        identity: Identity = UNCHECKED,
+        process: ProcessCost = NO_COST,
     ) -> CommandResult:
+        # A capture is what an account that could read everything got: identity and cost do not apply.
         assert self.host.capture is not None
         run = _pick_run(self.host.capture, sections)
         stderr = run.stderr.encode("utf-8")
