@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from benchmarks import host_cost
 from benchmarks.common import REPO, load_average, machine
 from benchmarks.fleet import FleetResult, run_fleet
 from benchmarks.guest import GuestResult, run_guest
@@ -59,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", type=Path, help="also write the raw results as JSON")
     for name, (full, quick) in DEFAULTS.items():
         p.add_argument(f"--{name.replace('_', '-')}", type=type(full), help=f"(default: {full}; --quick: {quick})")
-    p.add_argument("--skip", default="", help="comma-separated parts to skip: host, fleet, guest")
+    p.add_argument("--skip", default="", help="comma-separated parts to skip: host, fleet, guest, cost")
     return p
 
 
@@ -136,6 +137,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if output is not None and not args.no_write:
         write_into(output, text)
         print(f"wrote {output}")
+    if "cost" not in skip and not args.quick:
+        # What a probe costs the host, per protocol, in its own section (benchmarks/host_cost.py; it
+        # waits out real process start-ups, so --quick leaves it to `python -m benchmarks.host_cost --quick`).
+        host_cost.main(["--no-write"] if output is None or args.no_write else ["--output", str(output)])
     return 0
 
 
