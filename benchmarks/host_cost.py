@@ -47,17 +47,22 @@ PASSWORD_ENV = "HYPERV_BENCH_PASSWORD"  # noqa: S105 - the name of a variable
 PROTOCOLS = ("psrp", "winrs")
 CLOCK_OFFSET = 2.5  # seconds the simulated host's clock runs ahead
 TIMEOUT = 120.0
+# How long the collection itself runs on the host. The simulator's default (50 ms, for fast tests)
+# is shorter than the 50 ms round trip and than any real host's Get-VM plus CIM queries (its own
+# report says 0.3 s for Get-VM): with it, psrp's output would wait for the exporter's next Receive
+# instead of the Receive waiting for the output, as on a real host.
+RUN_SECONDS = 0.5
 
 
 # -- the simulated host, in its own process -------------------------------------------------------------
-def serve(vms: int, latency: float, password: str, process_cost: str) -> int:
+def serve(vms: int, latency: float, run_seconds: float, password: str, process_cost: str) -> int:
     from hyperv_exporter.sim.cost import MODELS
     from hyperv_exporter.sim.generator import generate_fleet
     from hyperv_exporter.sim.host import Simulator
     from hyperv_exporter.sim.metrics import make_handler
     from hyperv_exporter.web import WebServer
 
-    fleet = generate_fleet(1, vms, seed=1, latency=latency, password=password)
+    fleet = generate_fleet(1, vms, seed=1, latency=latency, run_seconds=run_seconds, password=password)
     (host,) = fleet.hosts
     host.clock_offset = CLOCK_OFFSET
     simulator = Simulator(fleet, process_cost=MODELS[process_cost])
@@ -111,6 +116,7 @@ class CostResult:
     protocol: str
     vms: int
     latency: float
+    run_seconds: float
     first: Probe | None = None
     steady: list[Probe] = field(default_factory=list)
 
@@ -129,13 +135,19 @@ def host_counts(url: str) -> HostCounts:
 
 
 def measure(
-    protocol: str, vms: int, probes: int, latency: float, process_cost: str = "windows", log: bool = True
+    protocol: str,
+    vms: int,
+    probes: int,
+    latency: float,
+    run_seconds: float = RUN_SECONDS,
+    process_cost: str = "windows",
+    log: bool = True,
 ) -> CostResult:
-    result = CostResult(protocol, vms, latency)
+    result = CostResult(protocol, vms, latency, run_seconds)
     password = secrets.token_urlsafe(18)
     server = python_module(
         "benchmarks.host_cost", "--serve", "--vms", str(vms), "--latency", str(latency),
-        "--process-cost", process_cost,
+        "--process-cost", process_cost, "--run-seconds", str(run_seconds),
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, env={**os.environ, PASSWORD_ENV: password},
     )  # fmt: skip
     try:
@@ -171,7 +183,6 @@ def measure(
                     parsed.clock_end,
                     exchange.received,
                     exchange.return_leg,
-                    exchange.outbound_leg,
                 )
                 ntp, _ = host_clock_offset(exchange.sent, parsed.clock_start, parsed.clock_end, exchange.received)
                 # The /metrics scrape after the probe is itself no request to the host's WinRM listener.
@@ -213,10 +224,12 @@ def render(results: Sequence[CostResult], command: str, seconds: float, process_
         else "**no process cost** (`--process-cost none`)"
     )
     latency = _ms(results[0].latency) if results else "?"
+    run = _ms(results[0].run_seconds) if results else "?"
     lines = [
         f"Measured {info['date']} on {info['cpu']}, {info['cores']} cores; {info['python']}. Command: "
         f"`{command.strip()}` ({seconds / 60:.1f} minutes; 1-minute load average {load_average()}); {model}; "
-        f"simulated round trip {latency} (half each way); host clock {CLOCK_OFFSET:g} s ahead. Steady state: "
+        f"simulated round trip {latency} (half each way); the collection runs {run} on the host; host clock "
+        f"{CLOCK_OFFSET:g} s ahead. Steady state: "
         "medians over the probes after the first (which opens the WinRS shell or the runspace pool; in brackets).",
         "",
         "| protocol | VMs | processes started per probe | modelled host CPU per probe | HTTP requests per probe "
@@ -265,6 +278,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--process-cost", default="windows", choices=("windows", "none"), help="the simulator's cost model (sim.cost)"
     )
     parser.add_argument("--json", type=Path, help="also write the raw results as JSON")
+    parser.add_argument(
+        "--run-seconds", type=float, default=RUN_SECONDS, help="how long the collection runs on the simulated host"
+    )
     parser.add_argument("--quick", action="store_true", help="20 VMs, 2 probes, nothing written unless --output")
     parser.add_argument("--output", type=Path, help=f"Markdown file to write the section into (default: {DOC})")
     parser.add_argument("--no-write", action="store_true", help="print only")
@@ -276,7 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.serve:
-        return serve(args.vms, args.latency, os.environ[PASSWORD_ENV], args.process_cost)
+        return serve(args.vms, args.latency, args.run_seconds, os.environ[PASSWORD_ENV], args.process_cost)
     sizes = [20] if args.quick else [int(s) for s in args.sizes.split(",") if s]
     probes = 2 if args.quick else args.probes
     started = time.monotonic()
@@ -284,7 +300,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for vms in sizes:
         for protocol in (p for p in args.protocols.split(",") if p):
             print(f"  host cost: {protocol}, {vms} VMs", flush=True)
-            results.append(measure(protocol, vms, probes, args.latency, args.process_cost))
+            results.append(measure(protocol, vms, probes, args.latency, args.run_seconds, args.process_cost))
     command = "python -m benchmarks.host_cost " + " ".join(sys.argv[1:] if argv is None else argv)
     text = render(results, command, time.monotonic() - started, args.process_cost)
     print()

@@ -22,7 +22,7 @@ def test_host_cost_benchmark_counts_processes_per_protocol(tmp_path: Path) -> No
     output, raw = tmp_path / "performance.md", tmp_path / "cost.json"
     output.write_text("# Performance\n\nProse.\n\n" + SUITE_BEGIN + "\nsuite\n<!-- benchmark:end -->\n")
     command = [
-        sys.executable, "-m", "benchmarks.host_cost", "--quick", "--process-cost", "none",
+        sys.executable, "-m", "benchmarks.host_cost", "--quick", "--process-cost", "none", "--run-seconds", "0.1",
         "--output", str(output), "--json", str(raw),
     ]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(REPO)}

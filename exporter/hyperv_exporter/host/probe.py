@@ -273,7 +273,7 @@ class Prober:
             text = report.decode_output(exchange.stdout, module.winrm.max_output_bytes)
             kvp_filter = cimxml.allowlist(module.kvp.keys, module.kvp.max_value_length)
             result.report = report.parse_report(text, kvp_filter, frozenset(module.kvp.sources))
-            result.clock = ClockExchange(exchange.sent, exchange.received, exchange.return_leg, exchange.outbound_leg)
+            result.clock = ClockExchange(exchange.sent, exchange.received, exchange.return_leg)
             result.note(f"{len(result.report.vms)} VMs, {len(result.report.problems)} problems")
         except ProbeError as exc:
             result.reason, result.message = exc.reason, logutil.redact(str(exc))

@@ -64,9 +64,6 @@ class Exchange:
     # Upper bound on the one-way time from the host's last clock reading to ``received``, when the
     # conversation shows it (see return_leg_bound); None: only the NTP interval bounds the offset.
     return_leg: float | None = None
-    # Upper bound on the time from ``sent`` to the host's first reading: psrp, whose pipeline runs
-    # in an already running process; None for winrs, whose new process starts first.
-    outbound_leg: float | None = None
 
 
 def return_leg_bound(round_trip: float, output_wait: float) -> float | None:
