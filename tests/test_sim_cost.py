@@ -120,7 +120,7 @@ def test_a_new_process_delays_the_output_and_the_first_clock_reading() -> None:
 
 
 def test_each_winrs_probe_starts_one_powershell_process(tmp_path: Path) -> None:
-    stack = Stack(tmp_path, winrm=Stack.DEFAULT_WINRM + "      protocol: winrs\n")
+    stack = Stack(tmp_path, winrm=Stack.DEFAULT_WINRM)
     try:
         counters = stack.sim.counters["HV-LONDON-01"]
         for probes in (1, 2, 3):
@@ -136,7 +136,7 @@ def test_each_winrs_probe_starts_one_powershell_process(tmp_path: Path) -> None:
 
 
 def test_psrp_starts_one_wsmprovhost_and_no_process_per_probe(tmp_path: Path) -> None:
-    stack = Stack(tmp_path, winrm=Stack.DEFAULT_WINRM + "      protocol: psrp\n")
+    stack = Stack(tmp_path, winrm=Stack.DEFAULT_WINRM.replace("protocol: winrs", "protocol: psrp"))
     try:
         counters = stack.sim.counters["HV-LONDON-01"]
         cost = ProcessCost(start_seconds=0.05, import_seconds=0.05)

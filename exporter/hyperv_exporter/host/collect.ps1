@@ -1,9 +1,11 @@
 # hyperv-exporter collection script, schema 1.
 #
 # Runs once per probe on a Hyper-V host under Windows PowerShell 5.1 and prints ONE document: JSON,
-# or that JSON gzip-compressed and base64-encoded when -Gzip is given. The exporter ships this
-# file in the WinRS shell's environment (HYPERV_EXPORTER_SCRIPT) and starts it with a short
-# -EncodedCommand loader, so cmd.exe's 8,191-character command line limit never applies to it.
+# or that JSON gzip-compressed and base64-encoded when -Gzip is given. Over WinRS the exporter ships
+# this file in the shell's environment (HYPERV_EXPORTER_SCRIPT) and starts it with a short
+# -EncodedCommand loader, so cmd.exe's 8,191-character command line limit never applies to it. Over
+# PSRP it is the pipeline's script on a plain endpoint, or the body of the JEA endpoint's
+# Get-HyperVExporterReport command.
 #
 # Rules this script keeps, and why:
 # - Enums leave as their *names* ([string] casts): VMState numbers above 32782 differ between
@@ -185,6 +187,14 @@ $doc = [ordered]@{
 }
 $json = ConvertTo-Json -InputObject $doc -Depth 8 -Compress
 $json = $json.Substring(0, $json.Length - 1)
+
+function Write-Document([string]$Text) {
+    # Under powershell.exe (WinRS) the document goes to the console's stdout, without a trailing
+    # newline. In a PSRP runspace (a remote session, the JEA command) there is no console: it is the
+    # pipeline's output.
+    if ($Host.Name -eq 'ConsoleHost') { [Console]::Out.Write($Text) } else { $Text }
+}
+
 # The end clock is read as late as possible and spliced in as the last member: after serialisation
 # and, with -Gzip, after all but the last bytes went through the compressor. The exporter bounds the
 # host clock offset by the time between this reading and the output's arrival (the return leg), so
@@ -197,7 +207,7 @@ if ($Gzip) {
     $bytes = [Text.Encoding]::UTF8.GetBytes(',"ClockEndTicks":' + [DateTime]::UtcNow.Ticks + '}')
     $zipStream.Write($bytes, 0, $bytes.Length)
     $zipStream.Close()
-    [Console]::Out.Write([Convert]::ToBase64String($buffer.ToArray()))
+    Write-Document ([Convert]::ToBase64String($buffer.ToArray()))
 } else {
-    [Console]::Out.Write($json + ',"ClockEndTicks":' + [DateTime]::UtcNow.Ticks + '}')
+    Write-Document ($json + ',"ClockEndTicks":' + [DateTime]::UtcNow.Ticks + '}')
 }

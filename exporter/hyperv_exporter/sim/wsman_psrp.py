@@ -16,8 +16,10 @@ e.g. ``test_psrp_with_jea_configuration.yml``, ``test_psrp_multiple_commands.yml
   carries further fragments (stdin) and host/key-exchange answers (pr); **Signal** ends a pipeline;
   **Delete** closes the pool.
 
-Outgoing fragments are at most 32 KiB (what Windows uses) and a Receive answer never exceeds the
-request's w:MaxEnvelopeSize. What a pipeline does is the host's business: a :data:`PipelineRunner`
+Outgoing fragments are at most 32 KiB (what Windows uses), one per ``rsp:Stream``; runspace-pool
+messages go one per Receive (as in the recordings: SESSION_CAPABILITY, APPLICATION_PRIVATE_DATA,
+RUNSPACEPOOL_STATE each answer a Receive), pipeline messages as many as fit; a Receive answer never
+exceeds the request's w:MaxEnvelopeSize. What a pipeline does is the host's business: a :data:`PipelineRunner`
 gets the commands and returns output strings or an error record. psrpcore is not thread-safe: every
 pool is used under this service's lock.
 """
@@ -184,6 +186,10 @@ class PsrpHost:
     def count(self) -> int:
         return len(self._pools)
 
+    def pipeline_count(self) -> int:
+        """Pipelines not yet ended by Signal."""
+        return sum(len(pool.pipelines) for pool in self._pools.values())
+
     def expire(self, now: float, idle_limit: float | None, lifetime: float | None) -> None:
         for shell_id, pool in list(self._pools.items()):
             limits = [t for t in (pool.requested_idle, idle_limit) if t is not None]
@@ -208,7 +214,7 @@ class PsrpHost:
             if payload is None:
                 return
             target = str(payload.pipeline_id).upper() if payload.pipeline_id is not None else None
-            pool.queues.setdefault(target, []).append(payload.data)
+            pool.queues.setdefault(target, []).extend(_fragments(payload.data))
 
     def _feed(self, pool: _Pool, data: bytes, pipeline_id: uuid.UUID | None) -> None:
         """Give incoming fragments to psrpcore and act on the events they complete."""
@@ -372,7 +378,9 @@ class PsrpHost:
                 break
             parts.append(element)
             avail -= len(element)
-            queue.pop(0)
+            fragment = queue.pop(0)
+            if command_id is None and fragment[16] & _END_FRAGMENT:
+                break  # runspace-pool messages go one per Receive, as a real host sends them
         if not parts and queue:
             raise soap.RequestError(soap.fault_envelope_too_small())
         if command_id is not None and pipeline is not None:
@@ -418,7 +426,22 @@ class PsrpHost:
         return self.delete(req)
 
 
+_END_FRAGMENT = 0x2  # MS-PSRP 2.2.4: the flags byte after ObjectId and FragmentId; 0x1 start, 0x2 end
+
+
+def _fragments(data: bytes) -> list[bytes]:
+    """Split a run of PSRP fragments (ObjectId 8, FragmentId 8, flags 1, length 4 big-endian, blob)."""
+    fragments = []
+    pos = 0
+    while pos + 21 <= len(data):
+        end = pos + 21 + int.from_bytes(data[pos + 17 : pos + 21], "big")
+        fragments.append(data[pos:end])
+        pos = end
+    return fragments
+
+
 def _stream(command_id: str | None, data: bytes) -> str:
+    """One rsp:Stream per fragment, as Windows sends them (pypsrp's recorded conversations)."""
     attr = f' CommandId="{command_id}"' if command_id else ""
     return f'<rsp:Stream Name="stdout"{attr}>{base64.b64encode(data).decode("ascii")}</rsp:Stream>'
 
