@@ -47,23 +47,28 @@ PASSWORD_ENV = "HYPERV_BENCH_PASSWORD"  # noqa: S105 - the name of a variable
 PROTOCOLS = ("psrp", "winrs")
 CLOCK_OFFSET = 2.5  # seconds the simulated host's clock runs ahead
 TIMEOUT = 120.0
-# How long the collection itself runs on the host. The simulator's default (50 ms, for fast tests)
-# is shorter than the 50 ms round trip and than any real host's Get-VM plus CIM queries (its own
-# report says 0.3 s for Get-VM): with it, psrp's output would wait for the exporter's next Receive
-# instead of the Receive waiting for the output, as on a real host.
-RUN_SECONDS = 0.5
+# How long the collection itself runs on the host, by default: as long as the simulated host's own
+# report says its sections took (0.3 s for Get-VM, 1.6 ms per VM for the other sections: 0.55 s
+# for 100 VMs, 2 s for 1,000). The simulator's default (50 ms, for fast tests) is shorter than the
+# 50 ms round trip and than any real host's queries; with it the output would wait for the
+# exporter's next Receive instead of the Receive waiting for the output, as on a real host.
+RUN_SECONDS: float | None = None
 
 
 # -- the simulated host, in its own process -------------------------------------------------------------
-def serve(vms: int, latency: float, run_seconds: float, password: str, process_cost: str) -> int:
+def serve(vms: int, latency: float, run_seconds: float | None, password: str, process_cost: str) -> int:
     from hyperv_exporter.sim.cost import MODELS
     from hyperv_exporter.sim.generator import generate_fleet
     from hyperv_exporter.sim.host import Simulator
     from hyperv_exporter.sim.metrics import make_handler
     from hyperv_exporter.web import WebServer
 
-    fleet = generate_fleet(1, vms, seed=1, latency=latency, run_seconds=run_seconds, password=password)
+    fleet = generate_fleet(1, vms, seed=1, latency=latency, password=password)
     (host,) = fleet.hosts
+    if run_seconds is None:
+        sections = host.document(sections_for(DEFAULT_COLLECTORS), time.time())["Sections"]
+        run_seconds = round(sum(section["Seconds"] for section in sections.values()), 3)
+    host.run_seconds = run_seconds
     host.clock_offset = CLOCK_OFFSET
     simulator = Simulator(fleet, process_cost=MODELS[process_cost])
     simulator.start()
@@ -116,7 +121,7 @@ class CostResult:
     protocol: str
     vms: int
     latency: float
-    run_seconds: float
+    run_seconds: float = 0.0  # how long the collection ran on the simulated host
     first: Probe | None = None
     steady: list[Probe] = field(default_factory=list)
 
@@ -139,19 +144,20 @@ def measure(
     vms: int,
     probes: int,
     latency: float,
-    run_seconds: float = RUN_SECONDS,
+    run_seconds: float | None = RUN_SECONDS,
     process_cost: str = "windows",
     log: bool = True,
 ) -> CostResult:
-    result = CostResult(protocol, vms, latency, run_seconds)
+    result = CostResult(protocol, vms, latency)
     password = secrets.token_urlsafe(18)
     server = python_module(
         "benchmarks.host_cost", "--serve", "--vms", str(vms), "--latency", str(latency),
-        "--process-cost", process_cost, "--run-seconds", str(run_seconds),
+        "--process-cost", process_cost, *(["--run-seconds", str(run_seconds)] if run_seconds is not None else []),
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, env={**os.environ, PASSWORD_ENV: password},
     )  # fmt: skip
     try:
         info = read_json_line(server.stdout, "the simulated host")
+        result.run_seconds = info["run_seconds"]
         settings = WinRMSettings(
             scheme="http",
             transport="basic",
@@ -224,11 +230,12 @@ def render(results: Sequence[CostResult], command: str, seconds: float, process_
         else "**no process cost** (`--process-cost none`)"
     )
     latency = _ms(results[0].latency) if results else "?"
-    run = _ms(results[0].run_seconds) if results else "?"
+    runs = ", ".join(f"{_ms(r.run_seconds)} with {r.vms:,} VMs" for r in results if r.protocol == results[0].protocol)
     lines = [
         f"Measured {info['date']} on {info['cpu']}, {info['cores']} cores; {info['python']}. Command: "
         f"`{command.strip()}` ({seconds / 60:.1f} minutes; 1-minute load average {load_average()}); {model}; "
-        f"simulated round trip {latency} (half each way); the collection runs {run} on the host; host clock "
+        f"simulated round trip {latency} (half each way); the collection runs {runs} (what the simulated "
+        f"host's report says its sections took); host clock "
         f"{CLOCK_OFFSET:g} s ahead. Steady state: "
         "medians over the probes after the first (which opens the WinRS shell or the runspace pool; in brackets).",
         "",
@@ -279,7 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--json", type=Path, help="also write the raw results as JSON")
     parser.add_argument(
-        "--run-seconds", type=float, default=RUN_SECONDS, help="how long the collection runs on the simulated host"
+        "--run-seconds", type=float, default=RUN_SECONDS,
+        help="how long the collection runs on the simulated host (default: what its report says)",
     )
     parser.add_argument("--quick", action="store_true", help="20 VMs, 2 probes, nothing written unless --output")
     parser.add_argument("--output", type=Path, help=f"Markdown file to write the section into (default: {DOC})")
