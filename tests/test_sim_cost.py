@@ -86,6 +86,10 @@ def test_demo_charges_a_real_hosts_process_cost() -> None:
     try:
         assert running.simulator is not None
         assert {h.process_cost for h in running.simulator.fleet.hosts} == {WINDOWS}
+        # The simulated hosts' counters are on the demo exporter's own /metrics.
+        metrics = _metrics(running.server.urls[0] + "/metrics")
+        for host in running.simulator.fleet.hosts:
+            assert metrics[("hyperv_sim_processes_started_total", (("host", host.computer_name), ("image", POWERSHELL)))] == 0
     finally:
         running.stop()
 
