@@ -32,6 +32,7 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 
 from benchmarks.common import REPO, fetch, load_average, machine, median, python_module, read_json_line, stop
+from benchmarks.run import write_into
 from hyperv_exporter.host import cimxml, report, script
 from hyperv_exporter.host.collectors import DEFAULT_COLLECTORS, sections_for
 from hyperv_exporter.host.collectors.host import host_clock_offset
@@ -266,13 +267,7 @@ def render(results: Sequence[CostResult], command: str, seconds: float, process_
 
 def write_section(path: Path, text: str) -> None:
     """Replace this benchmark's section of ``path`` (between its markers), or append it with a heading."""
-    block = f"{BEGIN}\n{text}{END}"
-    old = path.read_text(encoding="utf-8") if path.exists() else "# Performance\n"
-    if BEGIN in old and END in old:
-        new = old[: old.index(BEGIN)] + block + old[old.index(END) + len(END) :]
-    else:
-        new = old.rstrip("\n") + f"\n\n{HEADING}\n\n{block}\n"
-    path.write_text(new, encoding="utf-8")
+    write_into(path, text, BEGIN, END, HEADING)
 
 
 def build_parser() -> argparse.ArgumentParser:
