@@ -300,3 +300,26 @@ def test_the_host_clock_offset_is_unbiased_by_the_process_start_up(protocol: str
     ntp, _ = host_clock_offset(exchange.sent, parsed.clock_start, parsed.clock_end, exchange.received)
     if protocol == "winrs":  # what the midpoint alone would have said: half the start-up off
         assert ntp - host.clock_offset > cost.start_seconds / 4
+
+
+def test_without_gzip_the_offset_takes_the_last_output_and_stays_honest() -> None:
+    """Without -Gzip the script may print its document in parts before its end clock: the exporter
+    then bounds that reading by the output's last arrival, not its first (the NTP interval only)."""
+    fleet = generate_fleet(1, 5, latency=0.02, run_seconds=0.1, password=PASSWORD)
+    (host,) = fleet.hosts
+    host.clock_offset = -1.5
+    sim = Simulator(fleet, process_cost=ProcessCost(start_seconds=0.2))
+    sim.start()
+    session = _session(sim.url(host.computer_name), "winrs")
+    try:
+        exchange = session.collect(sections_for(DEFAULT_COLLECTORS), False, time.monotonic() + 30)
+    finally:
+        session.close()
+        sim.stop()
+    parsed = report.parse_report(
+        report.decode_output(exchange.stdout, 1 << 24), cimxml.allowlist(("OSName",), 100), frozenset()
+    )
+    assert parsed.clock_start is not None and parsed.clock_end is not None
+    assert exchange.return_leg is None
+    offset, uncertainty = host_clock_offset(exchange.sent, parsed.clock_start, parsed.clock_end, exchange.received)
+    assert abs(offset - host.clock_offset) <= uncertainty

@@ -197,8 +197,9 @@ function Write-Document([string]$Text) {
 
 # The end clock is read as late as possible and spliced in as the last member: after serialisation
 # and, with -Gzip, after all but the last bytes went through the compressor. The exporter bounds the
-# host clock offset by the time between this reading and the output's arrival (the return leg), so
-# only the output itself should come between them; nothing is printed before it.
+# host clock offset by the time between this reading and the output's first arrival (the return
+# leg), so with -Gzip the document leaves in one write after it and nothing is printed before
+# (without -Gzip the exporter waits for the output's last arrival, which allows writing in parts).
 if ($Gzip) {
     $buffer = New-Object System.IO.MemoryStream
     $zipStream = New-Object System.IO.Compression.GZipStream($buffer, [IO.Compression.CompressionMode]::Compress)
