@@ -8,8 +8,10 @@ read-only account run exactly one command.
 
 One runspace pool per module and host, opened on the first probe and kept across probes (reopened
 when the host has dropped it: idle timeout, service restart, a broken pool; and after
-``shell_max_idle`` / ``shell_max_lifetime``). Opening it is bounded by the probe deadline like every
-other request. One probe is one pipeline: Command (CREATE_PIPELINE), Receive until the pipeline
+``shell_max_idle`` / ``shell_max_lifetime``). A probe waits for the opening at most until its
+deadline; the opening itself runs in its own thread, bounded by :data:`POOL_OPEN_SECONDS`, so that a
+host slower to open a pool than a scrape timeout is not asked to start over on every probe.
+One probe is one pipeline: Command (CREATE_PIPELINE), Receive until the pipeline
 state arrives, Signal terminate. A steady-state probe is three HTTP requests and starts no process.
 
 What runs in the pipeline depends on the endpoint (``configuration_name``):
@@ -58,6 +60,14 @@ log = logging.getLogger(__name__)
 #: The JEA endpoint's one visible command (CONTRACTS C1); its parameters are collect.ps1's.
 JEA_COMMAND = "Get-HyperVExporterReport"
 WSMAN_TIMED_OUT = 2150858793  # Receive found nothing within OperationTimeout: ask again
+
+
+#: How long opening a runspace pool may go on past the probe that started it.
+POOL_OPEN_SECONDS = 30.0
+
+
+class _StillOpening(ProbeError):
+    """The probe's deadline passed while the pool was being opened; the opening goes on."""
 
 
 class _PipelineTooLarge(Exception):
@@ -180,6 +190,37 @@ def _close_quietly(pool: _Pool) -> None:
         pool.connection.close()
 
 
+class _Opening:
+    """A runspace pool being opened in its own thread (Create, then Receives until it is Opened)."""
+
+    def __init__(self, pool: _Pool) -> None:
+        self.pool = pool
+        self.done = threading.Event()
+        self.error: BaseException | None = None
+        self._lock = threading.Lock()
+        self._abandoned = False
+
+    def run(self) -> None:
+        try:
+            self.pool.session.arm(self.pool.connection, self.pool.deadline)
+            self.pool.open()
+        except BaseException as exc:  # handed to the probe that takes the result
+            self.error = exc
+        with self._lock:
+            self.done.set()
+            abandoned = self._abandoned
+        if abandoned:
+            _close_quietly(self.pool)
+
+    def abandon(self) -> None:
+        """The session closed while opening: delete the pool on the host once the opening ends."""
+        with self._lock:
+            self._abandoned = True
+            finished = self.done.is_set()
+        if finished:
+            threading.Thread(target=_close_quietly, args=(self.pool,), daemon=True).start()
+
+
 class PSRPSession:
     """One host's runspace pool, reused across probes. Not thread-safe: the caller serialises use."""
 
@@ -188,6 +229,7 @@ class PSRPSession:
         self.settings = settings
         self.script = script
         self._pool: _Pool | None = None
+        self._opening: _Opening | None = None
         self._opened = 0.0
         self._used = 0.0
         self.shells_opened = 0  # runspace pools: a pool is a WS-Management shell of the PowerShell plug-in
@@ -258,6 +300,9 @@ class PSRPSession:
     def close(self) -> None:
         with self.lock:
             self._drop_pool(graceful=True)
+            opening, self._opening = self._opening, None
+            if opening is not None:
+                opening.abandon()
 
     def _runspace_pool(self, deadline: float) -> tuple[_Pool, bool]:
         now = time.monotonic()
@@ -267,15 +312,24 @@ class PSRPSession:
             self._drop_pool(graceful=True)
         if self._pool is not None:
             return self._pool, False
-        wsman = self._make_wsman()
-        pool = _Pool(wsman, configuration_name=self.settings.configuration_name)
-        pool.session, pool.deadline = self, deadline
-        self._pool = pool  # before opening: a failed open is deleted like any dropped pool
-        self.arm(wsman, deadline)  # the Create; each Receive of the opening arms itself
-        pool.open()
+        if self._opening is None:
+            pool = _Pool(self._make_wsman(), configuration_name=self.settings.configuration_name)
+            # The opening may outlive the probe that started it (a host starting wsmprovhost.exe and
+            # importing the Hyper-V module can take longer than a scrape timeout): the next probe
+            # then finds the pool open instead of starting over. It is bounded all the same.
+            pool.session, pool.deadline = self, max(deadline, now + POOL_OPEN_SECONDS)
+            self._opening = _Opening(pool)
+            threading.Thread(target=self._opening.run, name="psrp-open", daemon=True).start()
+        opening = self._opening
+        if not opening.done.wait(max(0.0, deadline - time.monotonic())):
+            raise _StillOpening("timeout", "the probe deadline passed while the host was opening the runspace pool")
+        self._opening = None
+        self._pool = opening.pool  # also when it failed: a dropped pool is deleted on the host
+        if opening.error is not None:
+            raise opening.error
         self._opened = self._used = time.monotonic()
         self.shells_opened += 1
-        return pool, True
+        return opening.pool, True
 
     # -- one run -------------------------------------------------------------------------------
     def collect(self, sections: Sequence[str], gzip: bool, deadline: float) -> Exchange:
@@ -290,6 +344,8 @@ class PSRPSession:
                 exchange = self._run_on(pool, sections, gzip, deadline, new_pool)
                 self._count(pool.connection)
                 return replace(exchange, requests=self.requests_total - requests_before)
+            except _StillOpening:
+                raise  # the opening goes on in the background; the next probe waits for it again
             except _PipelineTooLarge:
                 # The pool is fine: only this pipeline's output was refused.
                 self._count(pool.connection)
