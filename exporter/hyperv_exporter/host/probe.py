@@ -275,7 +275,7 @@ class Prober:
             text = report.decode_output(exchange.stdout, module.winrm.max_output_bytes)
             kvp_filter = cimxml.allowlist(module.kvp.keys, module.kvp.max_value_length)
             result.report = report.parse_report(text, kvp_filter, frozenset(module.kvp.sources))
-            result.clock = ClockExchange(exchange.sent, exchange.received, exchange.return_leg, exchange.outbound_leg)
+            result.clock = ClockExchange(exchange.sent, exchange.received, exchange.return_leg)
             result.note(f"{len(result.report.vms)} VMs, {len(result.report.problems)} problems")
             for name, section in result.report.sections.items():
                 if section.error:  # e.g. a permission the account lacks for this section's query

@@ -330,9 +330,10 @@ class HostRunner:
         if fault == "surrogates":
             text = text.replace(_SURROGATE_NAME, _SURROGATE_ESCAPES)
         # The script reads its end clock right before printing; the shell service makes the output
-        # available run_seconds after the Command arrived (about when this method began), so that is
-        # the moment the end clock stands for.
-        end = started - process.start_seconds + run_seconds
+        # available run_seconds after the Command arrived (about when this method began), or when
+        # this method is done if building the answer took longer: that is the moment the end clock
+        # stands for.
+        end = max(started - process.start_seconds + run_seconds, time.time())
         text = text[:-1] + ',"ClockEndTicks":' + str(to_ticks(end + host.clock_offset)) + "}"
         if fault == "huge":
             text = '{"SchemaVersion":1,"VMs":[' + ",".join(['{"Name":"x"}'] * 400_000) + "]}"

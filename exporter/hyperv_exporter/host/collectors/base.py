@@ -209,9 +209,6 @@ class ClockExchange:
     # Upper bound on the one-way time from the host's last reading to ``received``, when the
     # exchange shows one (the transport's return_leg_bound); None: the NTP interval alone.
     return_leg: float | None = None
-    # Upper bound on the time from ``sent`` to the host's first reading, when the host runs the
-    # script in an already running process (psrp); None: a new process may start first (winrs).
-    outbound_leg: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

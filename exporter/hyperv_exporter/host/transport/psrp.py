@@ -427,9 +427,6 @@ class PSRPSession:
             requests=0,  # counted by collect()
             new_shell=new_pool,
             return_leg=return_leg_bound(round_trip, received - asked),
-            # The pipeline runs in the pool's process, already running: its first line runs as the
-            # Command arrives, within that request's round trip (the host answers it at once).
-            outbound_leg=round_trip,
             failure=f"PowerShell pipeline {_STATE_NAMES.get(ps.state, ps.state)}: {errors or 'no error text'}"
             if failed
             else None,

@@ -64,9 +64,6 @@ class Exchange:
     # Upper bound on the one-way time from the host's last clock reading to ``received``, when the
     # conversation shows it (see return_leg_bound); None: only the NTP interval bounds the offset.
     return_leg: float | None = None
-    # Upper bound on the time from ``sent`` to the host's first reading: psrp, whose pipeline runs
-    # in an already running process; None for winrs, whose new process starts first.
-    outbound_leg: float | None = None
 
 
 def return_leg_bound(round_trip: float, output_wait: float) -> float | None:
@@ -322,10 +319,14 @@ class WinRMSession:
         """Run the collection script for ``sections`` (the prober's entry point, as on ``psrp.PSRPSession``);
         ``kvp_keys`` go to the host as ``-KvpKeys`` when they fit (``script.probe_command``)."""
         command, args = probe_command(sections, gzip, kvp_keys)
-        return self.run(command, args, deadline)
+        # With -Gzip the script writes its document in one piece after its end clock; without, it
+        # may write it in parts as they are serialised, before that clock is read.
+        return self.run(command, args, deadline, one_write=gzip)
 
-    def run(self, command: str, arguments: Sequence[str], deadline: float) -> Exchange:
-        """Run one command on the kept shell; raises :class:`ProbeError`."""
+    def run(self, command: str, arguments: Sequence[str], deadline: float, *, one_write: bool = True) -> Exchange:
+        """Run one command on the kept shell; raises :class:`ProbeError`. ``one_write``: the command
+        prints its output in one piece after its last clock reading, so its first output bounds that
+        reading (else its last output does)."""
         requests_before = self.requests_total
         attempts = 2  # a reused shell may have expired on the host: re-create it once
         while True:
@@ -333,7 +334,9 @@ class WinRMSession:
             new_shell = False
             try:
                 protocol, shell_id, new_shell = self._shell(deadline)
-                return self._run_on(protocol, shell_id, command, arguments, deadline, requests_before, new_shell)
+                return self._run_on(
+                    protocol, shell_id, command, arguments, deadline, requests_before, new_shell, one_write
+                )
             except ProbeError:
                 self._drop_shell(graceful=True)
                 raise
@@ -359,6 +362,7 @@ class WinRMSession:
         deadline: float,
         requests_before: int,
         new_shell: bool,
+        one_write: bool,
     ) -> Exchange:
         self._arm(protocol, deadline)
         command_id = protocol.run_command(shell_id, command, list(arguments))
@@ -367,17 +371,17 @@ class WinRMSession:
         stdout: list[bytes] = []
         stderr: list[bytes] = []
         size = 0
-        received: float | None = None  # the host's last clock reading precedes its first stdout byte
-        output_wait = 0.0
+        received: float | None = None  # the host's last clock reading precedes this output's arrival
+        output_wait: float | None = None
         while True:
             self._arm(protocol, deadline)
             try:
                 out, err, exit_code, done = protocol.get_command_output_raw(shell_id, command_id)
             except WinRMOperationTimeoutError:
                 continue  # the host is still working; Receive again until our deadline
-            if received is None and (out or done):
+            if (out or done) and (received is None or not one_write):
                 asked, received = self.last_wire
-                output_wait = received - asked
+                output_wait = received - asked if one_write else None
             size += len(out) + len(err)
             if size > self.settings.max_output_bytes:
                 self._signal(protocol, shell_id, command_id, deadline)
@@ -397,7 +401,7 @@ class WinRMSession:
             received=received,
             requests=self.requests_total - requests_before,
             new_shell=new_shell,
-            return_leg=return_leg_bound(round_trip, output_wait),
+            return_leg=None if output_wait is None else return_leg_bound(round_trip, output_wait),
         )
 
     def _signal(self, protocol: _CountingProtocol, shell_id: str, command_id: str, deadline: float) -> float:
