@@ -23,6 +23,12 @@ param(
 
 $ErrorActionPreference = 'Stop'
 $ProgressPreference = 'SilentlyContinue'
+# Which copy of this script runs, so that the exporter notices a JEA endpoint registered from an older
+# release. The version is the hyperv-exporter release; whoever hands the script to PowerShell stamps
+# the hash (the exporter in the text it sends, deploy/windows/HyperVExporterEndpoint.ps1 in the
+# endpoint's function): SHA-256 of this file with LF line ends and this line's value left empty.
+$scriptVersion = '0.1.0'
+$scriptHash = ''
 $clockStart = [DateTime]::UtcNow.Ticks
 try { [Console]::OutputEncoding = New-Object System.Text.UTF8Encoding $false } catch { }
 
@@ -175,6 +181,8 @@ foreach ($vm in $vms) {
 
 $doc = [ordered]@{
     SchemaVersion = 1
+    ScriptVersion = $scriptVersion
+    ScriptHash = $scriptHash
     Host = $hostInfo
     VMs = ConvertTo-Array $rows.ToArray()
     Sections = $sections

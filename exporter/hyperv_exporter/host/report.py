@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from hyperv_exporter import enums
-from hyperv_exporter.host import cimxml
+from hyperv_exporter.host import cimxml, script
 from hyperv_exporter.host.model import (
     KVP_GUEST,
     KVP_GUEST_INTRINSIC,
@@ -374,6 +374,7 @@ def parse_report(
             continue
         seen_ids.add(vm.id)
         vms.append(vm)
+    script_hash = top.text("ScriptHash")
     return HostReport(
         host=HostInfo(
             computer_name=host.text("ComputerName"),
@@ -386,4 +387,7 @@ def parse_report(
         clock_start=ticks_to_unix(doc.get("ClockStartTicks")),
         clock_end=ticks_to_unix(doc.get("ClockEndTicks")),
         problems=problems,
+        script_version=top.text("ScriptVersion"),
+        script_hash=script_hash,
+        script_outdated=script_hash != script.script_hash(),
     )

@@ -16,6 +16,7 @@ running fleet through :meth:`SimVM.set` and :meth:`SimHost.set`.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import os
 import threading
 import time
@@ -28,6 +29,7 @@ from typing import Any
 from xml.sax.saxutils import escape
 
 from hyperv_exporter import enums
+from hyperv_exporter.host import script
 from hyperv_exporter.host.report import DOTNET_EPOCH_TICKS
 from hyperv_exporter.yamlutil import Node, document, read_text
 
@@ -167,6 +169,10 @@ class SimHost:
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
     # Output faults for resilience tests (see sim.host.OUTPUT_FAULTS); None = answer normally.
     output_fault: str | None = None
+    # The release whose collect.ps1 the host's JEA endpoint was registered from, when not the
+    # exporter's own (None): the host then reports that version and another hash, so tests can show
+    # the outdated-endpoint warning. Applied to every protocol, as only the report fields matter.
+    collect_script_version: str | None = None
 
     def vm(self, name: str) -> SimVM:
         for vm in self.vms:
@@ -279,6 +285,15 @@ class SimHost:
             ]
         return record
 
+    def _script_fields(self) -> dict[str, str]:
+        version = self.collect_script_version
+        if version is None:
+            return {"ScriptVersion": script.script_version(), "ScriptHash": script.script_hash()}
+        return {
+            "ScriptVersion": version,
+            "ScriptHash": hashlib.sha256(f"hyperv-sim: collect.ps1 of release {version}".encode()).hexdigest(),
+        }
+
     def document(self, sections: Iterable[str], started: float) -> dict[str, Any]:
         """What collect.ps1 builds on this host for ``-Collectors <sections>``; ClockEndTicks is added
         by the caller after serialisation, as the script does."""
@@ -295,6 +310,7 @@ class SimHost:
                     doc_sections[name] = {"Seconds": round(0.0004 * len(vms) + 0.02, 4), "Error": None}
             return {
                 "SchemaVersion": 1,
+                **self._script_fields(),
                 "Host": {
                     "ComputerName": self.computer_name,
                     "OSCaption": self.os_caption,
@@ -433,7 +449,7 @@ def _host(node: Node, base: Path, now: float) -> SimHost:
         required=["ComputerName"],
     )
     sim = keys["Simulator"].mapping(
-        ["Port", "Username", "PasswordFile", "PasswordEnv", "LatencySeconds", "RunSeconds"]
+        ["Port", "Username", "PasswordFile", "PasswordEnv", "LatencySeconds", "RunSeconds", "CollectScriptVersion"]
     ) if "Simulator" in keys else {}  # fmt: skip
     vms = [_vm(item, now) for item in keys["VMs"].items()] if "VMs" in keys else []
     ids = [vm.id.lower() for vm in vms]
@@ -454,6 +470,7 @@ def _host(node: Node, base: Path, now: float) -> SimHost:
         password=_password(sim, base),
         latency=sim["LatencySeconds"].number(minimum=0) if "LatencySeconds" in sim else 0.0,
         run_seconds=sim["RunSeconds"].number(minimum=0) if "RunSeconds" in sim else 0.05,
+        collect_script_version=sim["CollectScriptVersion"].string() if "CollectScriptVersion" in sim else None,
     )
     for vm in vms:
         vm.host = host
