@@ -41,7 +41,7 @@ def test_outdated_host_is_named_in_metric_log_and_landing_page(stack: Stack, cap
     assert len(warnings) == 1, warnings  # once per host, not on every probe
     assert f"collection script {OLD}" in warnings[0]
     assert f"not this exporter's {script.script_version()}" in warnings[0]
-    assert "HyperVExporterEndpoint.ps1 -Register" in warnings[0]
+    assert "HyperVExporterEndpoint.ps1 -Update" in warnings[0]
 
     status, page = stack.get("/")
     assert status == 200

@@ -200,4 +200,7 @@ if ($Gzip) {
     $zipStream.Close()
     $json = [Convert]::ToBase64String($buffer.ToArray())
 }
-[Console]::Out.Write($json)
+# powershell.exe (WinRS): straight to stdout, without the host's formatting or a trailing newline. In a remote
+# session (PSRP, the JEA endpoint's function) the console is wsmprovhost's and reaches no one: the
+# document must leave as pipeline output. $PSSenderInfo exists only in remote sessions.
+if ($null -ne $PSSenderInfo) { $json } else { [Console]::Out.Write($json) }

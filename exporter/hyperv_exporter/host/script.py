@@ -96,8 +96,8 @@ def outdated_message(version: str | None, reported_hash: str | None) -> str:
     theirs = f"{(version or 'unknown')[:32]} (hash {short_hash(reported_hash) or 'none'})"
     return (
         f"the host ran collection script {theirs}, not this exporter's {script_version()} "
-        f"(hash {short_hash(script_hash())}): its JEA endpoint is outdated; re-register it with "
-        "deploy/windows/HyperVExporterEndpoint.ps1 -Register from this release"
+        f"(hash {short_hash(script_hash())}): its JEA endpoint is outdated; update it with "
+        "deploy/windows/HyperVExporterEndpoint.ps1 -Update and this release's collect.ps1"
     )
 
 

@@ -80,7 +80,7 @@ class HostCollector(Collector):
         outdated = single(
             "hyperv_host_collection_script_outdated",
             "1 when the host ran another collection script than this exporter's own collect.ps1 (a JEA "
-            "endpoint registered from another release: re-register it), else 0.",
+            "endpoint registered from another release: update it), else 0.",
             1.0 if report.script_outdated else 0.0,
         )
         return [info, outdated]
