@@ -31,6 +31,7 @@ from xml.sax.saxutils import escape
 from hyperv_exporter import enums
 from hyperv_exporter.host import script
 from hyperv_exporter.host.report import DOTNET_EPOCH_TICKS
+from hyperv_exporter.sim.accounts import SIMULATOR_KEYS, HostAccounts, default_accounts, parse_accounts
 from hyperv_exporter.yamlutil import Node, document, read_text
 
 KVP_ARRAYS = ("GuestIntrinsicExchangeItems", "GuestExchangeItems", "HostExchangeItems")
@@ -173,6 +174,12 @@ class SimHost:
     # exporter's own (None): the host then reports that version and another hash, so tests can show
     # the outdated-endpoint warning. Applied to every protocol, as only the report fields matter.
     collect_script_version: str | None = None
+    # Accounts, groups and endpoints: who may open what (sim.accounts). Default: Username is an administrator.
+    access: HostAccounts = field(default_factory=HostAccounts)
+
+    def __post_init__(self) -> None:
+        if not self.access.accounts:
+            self.access = default_accounts(self.username)
 
     def vm(self, name: str) -> SimVM:
         for vm in self.vms:
@@ -449,7 +456,8 @@ def _host(node: Node, base: Path, now: float) -> SimHost:
         required=["ComputerName"],
     )
     sim = keys["Simulator"].mapping(
-        ["Port", "Username", "PasswordFile", "PasswordEnv", "LatencySeconds", "RunSeconds", "CollectScriptVersion"]
+        ["Port", "Username", "PasswordFile", "PasswordEnv", "LatencySeconds", "RunSeconds", "CollectScriptVersion",
+         *SIMULATOR_KEYS]
     ) if "Simulator" in keys else {}  # fmt: skip
     vms = [_vm(item, now) for item in keys["VMs"].items()] if "VMs" in keys else []
     ids = [vm.id.lower() for vm in vms]
@@ -458,6 +466,7 @@ def _host(node: Node, base: Path, now: float) -> SimHost:
     culture = keys["UICulture"].string() if "UICulture" in keys else "en-US"
     if culture not in enums.SERVICE_DISPLAY_NAMES:
         keys["UICulture"].fail(f"simulated cultures: {', '.join(enums.SERVICE_DISPLAY_NAMES)}")
+    username = sim["Username"].string() if "Username" in sim else "monitor"
     host = SimHost(
         computer_name=keys["ComputerName"].string(),
         os_caption=keys["OSCaption"].string() if "OSCaption" in keys else "Microsoft Windows Server 2022 Datacenter",
@@ -466,11 +475,12 @@ def _host(node: Node, base: Path, now: float) -> SimHost:
         vms=vms,
         clock_offset=keys["ClockOffsetSeconds"].number() if "ClockOffsetSeconds" in keys else 0.0,
         port=sim["Port"].integer(0, 65535) if "Port" in sim else 0,
-        username=sim["Username"].string() if "Username" in sim else "monitor",
+        username=username,
         password=_password(sim, base),
         latency=sim["LatencySeconds"].number(minimum=0) if "LatencySeconds" in sim else 0.0,
         run_seconds=sim["RunSeconds"].number(minimum=0) if "RunSeconds" in sim else 0.05,
         collect_script_version=sim["CollectScriptVersion"].string() if "CollectScriptVersion" in sim else None,
+        access=parse_accounts(sim, username),
     )
     for vm in vms:
         vm.host = host

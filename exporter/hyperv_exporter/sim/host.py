@@ -17,15 +17,27 @@ import gzip
 import logging
 import ssl
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 
+from psrpcore.types import ErrorCategory
+
 from hyperv_exporter import logutil
 from hyperv_exporter.host import script
+from hyperv_exporter.sim import wsman_soap as soap
+from hyperv_exporter.sim.accounts import (
+    ADMINISTRATORS,
+    JEA_COMMAND,
+    JEA_ENDPOINT,
+    Identity,
+    least_privilege,
+    restrict_document,
+)
 from hyperv_exporter.sim.fleet import SimFleet, SimHost, to_ticks
 from hyperv_exporter.sim.ps51json import dumps
 from hyperv_exporter.sim.wsman import CommandResult, Shell, WSManEndpoint, clixml_error
+from hyperv_exporter.sim.wsman_psrp import Command, PipelineError, PipelineResult, PoolInfo
 
 log = logging.getLogger(__name__)
 
@@ -81,13 +93,101 @@ def _encoded_command(tokens: list[str]) -> str | None:
     return None
 
 
+#: A listener without users has no permission model: whoever connects may do everything.
+_UNCHECKED = Identity(groups=frozenset({ADMINISTRATORS}))
+
+
+def _script_error(message: str, fq_error: str, category: ErrorCategory, reason: str, target: str) -> PipelineError:
+    return PipelineError(
+        message=message,
+        fully_qualified_error_id=fq_error,
+        category=category,
+        reason=reason,
+        exception_types=(f"System.Management.Automation.{reason}", "System.Management.Automation.RuntimeException"),
+        target=target,
+    )
+
+
+def _command_not_found(name: str) -> PipelineError:
+    return _script_error(
+        f"The term '{name}' is not recognized as the name of a cmdlet, function, script file, or operable program. "
+        "Check the spelling of the name, or if a path was included, verify that the path is correct and try again.",
+        "CommandNotFoundException",
+        ErrorCategory.ObjectNotFound,
+        "CommandNotFoundException",
+        name,
+    )
+
+
 class HostRunner:
-    """The CommandRunner for one simulated host."""
+    """The CommandRunner (WinRS) and PipelineRunner (PSRP) for one simulated host."""
 
     def __init__(self, host: SimHost) -> None:
         self.host = host
         self.runs = 0
 
+    def identity(self, username: str) -> Identity:
+        return self.host.access.identity(username) if self.host.password is not None else _UNCHECKED
+
+    # -- PowerShell remoting -----------------------------------------------------------------------
+    def pipeline(self, pool: PoolInfo, commands: list[Command]) -> PipelineResult:
+        """One PSRP pipeline: collect.ps1 as script text on a plain endpoint, or the JEA command."""
+        host = self.host
+        jea = pool.configuration.lower() == JEA_ENDPOINT.lower()
+        identity = (
+            host.access.session_identity(pool.username, pool.configuration) if jea else self.identity(pool.username)
+        )
+        if len(commands) != 1:
+            return PipelineResult(error=_script_error(
+                "hyperv-sim: this simulated Hyper-V host runs only the hyperv-exporter collection.",
+                "hyperv-sim", ErrorCategory.NotImplemented, "NotSupportedException", "",
+            ))  # fmt: skip
+        command = commands[0]
+        if command.is_script and identity.no_language:
+            # A RestrictedRemoteServer (JEA) session is in NoLanguage mode: the parser refuses script text.
+            return PipelineResult(error=PipelineError(
+                message="The syntax is not supported by this runspace. This can occur if the runspace is in "
+                "no-language mode.",
+                fully_qualified_error_id="ScriptsNotAllowed",
+                category=ErrorCategory.ParserError,
+                reason="ParseException",
+                exception_types=(
+                    "System.Management.Automation.ParseException",
+                    "System.Management.Automation.RuntimeException",
+                    "System.SystemException",
+                    "System.Exception",
+                ),
+                target=command.text,
+            ))  # fmt: skip
+        if jea and command.text.lower() != JEA_COMMAND.lower():
+            return PipelineResult(error=_command_not_found(command.text))
+        if not jea and not command.is_script:
+            return PipelineResult(error=_command_not_found(command.text))
+        if not jea and script.script_digest(command.text) != script.script_digest():
+            return PipelineResult(error=_script_error(
+                "hyperv-sim: this simulated Hyper-V host runs only the hyperv-exporter collection script.",
+                "hyperv-sim", ErrorCategory.NotImplemented, "NotSupportedException", "",
+            ))  # fmt: skip
+        unknown = [name for name in command.parameters if name.lower() not in ("collectors", "gzip")]
+        if unknown:
+            return PipelineResult(error=_script_error(
+                f"A parameter cannot be found that matches parameter name '{unknown[0]}'.",
+                f"NamedParameterNotFound,{JEA_COMMAND if jea else 'collect.ps1'}",
+                ErrorCategory.InvalidArgument, "ParameterBindingException", "",
+            ))  # fmt: skip
+        params = {name.lower(): value for name, value in command.parameters.items()}
+        sections = [s for s in str(params.get("collectors") or "vm").split(",") if s]
+        self.runs += 1
+        result = self.answer(sections, params.get("gzip") not in (None, False), 65001, identity)
+        if result.exit_code != 0:
+            return PipelineResult(error=_script_error(
+                result.stderr.decode("utf-8", errors="replace")[:2000], "hyperv-sim-fault",
+                ErrorCategory.NotSpecified, "RuntimeException", "",
+            ), run_seconds=result.run_seconds)  # fmt: skip
+        # In a runspace the script's output is one string object (no console, so no code page).
+        return PipelineResult([result.stdout.decode("utf-8", errors="replace")], run_seconds=result.run_seconds)
+
+    # -- WinRS -------------------------------------------------------------------------------------
     def __call__(self, shell: Shell, command: str, arguments: list[str]) -> CommandResult:
         tokens = " ".join([command, *arguments]).split()
         program = tokens[0].lower() if tokens else ""
@@ -127,9 +227,11 @@ class HostRunner:
             )
         sections, use_gzip = loader
         self.runs += 1
-        return self.answer(sections, use_gzip, shell.codepage)
+        return self.answer(sections, use_gzip, shell.codepage, self.identity(shell.username))
 
-    def answer(self, sections: list[str], use_gzip: bool, codepage: int) -> CommandResult:
+    def answer(
+        self, sections: list[str], use_gzip: bool, codepage: int, identity: Identity = _UNCHECKED
+    ) -> CommandResult:
         host = self.host
         fault = host.output_fault
         started = time.time()
@@ -146,7 +248,7 @@ class HostRunner:
                 exit_code=1,
                 run_seconds=host.run_seconds,
             )
-        doc = host.document(sections, started)
+        doc = restrict_document(host.document(sections, started), identity, host.computer_name)
         if fault == "vm_section_error":
             doc["VMs"] = []
             doc["Sections"]["vm"]["Error"] = (
@@ -218,6 +320,44 @@ def exporter_config(
     return "modules:\n" + "".join(f"  {name}:\n{module}" for name in modules)
 
 
+def _authorizer(host: SimHost) -> Callable[[str, str], soap.SoapFault | None]:
+    """Who may create a cmd shell or a runspace pool on ``host`` (checked at every Create)."""
+
+    def authorize(username: str, resource_uri: str) -> soap.SoapFault | None:
+        uri = resource_uri.lower()
+        if uri == soap.RESOURCE_URI_CMD.lower():
+            configuration = None
+        elif uri.startswith(soap.RESOURCE_URI_POWERSHELL):
+            configuration = uri[len(soap.RESOURCE_URI_POWERSHELL) :]
+            if configuration not in host.access.configurations():
+                return None  # the PSRP service answers "cannot find the session configuration"
+        else:
+            return None
+        return None if host.access.may_open(username, configuration) else soap.fault_access_denied()
+
+    return authorize
+
+
+def _pool_opened(host: SimHost) -> Callable[[PoolInfo], None]:
+    def opened(pool: PoolInfo) -> None:
+        # A runspace pool is a new wsmprovhost.exe on a real host. h11b-cost's process model counts and
+        # charges it (a no-op until that model exists on SimHost).
+        processes = getattr(host, "processes", None)
+        if processes is not None:
+            processes.started("wsmprovhost.exe")
+        log.debug("runspace pool opened", extra=logutil.fields(host=host.computer_name, endpoint=pool.configuration))
+
+    return opened
+
+
+def use_least_privilege(fleet: SimFleet) -> SimFleet:
+    """Make every host's account the recommended monitoring account: only in the JEA endpoint's role
+    group (not an administrator, not in Hyper-V Administrators). Used by the demo."""
+    for host in fleet.hosts:
+        host.access = least_privilege(host.username, host.access.jea_role_group)
+    return fleet
+
+
 class _HostUsers(Mapping[str, str]):
     """The host's credentials, read at each request, so ``SimHost.set(password=...)`` rotates them live."""
 
@@ -225,7 +365,11 @@ class _HostUsers(Mapping[str, str]):
         self.host = host
 
     def _users(self) -> dict[str, str]:
-        return {self.host.username: self.host.password} if self.host.password is not None else {}
+        # Every account of the host's permission model shares its password (a simulator choice).
+        if self.host.password is None:
+            return {}
+        names = {self.host.username, *self.host.access.usernames()}
+        return dict.fromkeys(names, self.host.password)
 
     def __getitem__(self, key: str) -> str:
         return self._users()[key]
@@ -258,6 +402,10 @@ class Simulator:
             users = _HostUsers(host) if host.password is not None else None
             endpoint = WSManEndpoint(
                 runner,
+                authorize=_authorizer(host) if users is not None else None,
+                psrp_runner=runner.pipeline,
+                configurations=host.access.configurations,
+                pool_opened=_pool_opened(host),
                 host=self.bind,
                 port=host.port,
                 users=users,

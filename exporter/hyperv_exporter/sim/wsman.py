@@ -31,17 +31,19 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any
 
 from .wsman_clixml import clixml_error, encode_console
 from .wsman_http import Fault, FaultKind, WSManServer
+from .wsman_psrp import PipelineRunner, PoolInfo, PsrpHost
 from .wsman_shells import (
     CMD_MAX_COMMAND_LINE,
     DEFAULT_IDLE_TIMEOUT,
     DEFAULT_MAX_SHELLS_PER_USER,
     Abort,
+    Authorizer,
     CommandResult,
     CommandRunner,
     Shell,
@@ -86,6 +88,11 @@ class WSManEndpoint:
     7200 s; ``None`` = never), ``shell_lifetime`` (``None`` by default; set e.g. 8 h to model hosts that
     recycle shells). stop() is a WinRM service stop: open shells are forgotten, so a later start() is a
     service restart on the same port.
+
+    PowerShell remoting (PSRP, ``wsman_psrp``): with ``psrp_runner`` the listener also serves the
+    endpoints ``configurations()`` names (lower-case; default ``microsoft.powershell``) as runspace pools;
+    ``pool_opened`` is told of every pool opened. ``authorize(user, resource URI)`` decides who may
+    create a cmd shell or a pool (``None``: everyone).
     """
 
     def __init__(
@@ -104,6 +111,10 @@ class WSManEndpoint:
         shell_lifetime: float | None = None,
         ntlm: bool = True,
         allow_unencrypted: bool = True,
+        authorize: Authorizer | None = None,
+        psrp_runner: PipelineRunner | None = None,
+        configurations: Callable[[], set[str]] | None = None,
+        pool_opened: Callable[[PoolInfo], None] | None = None,
     ) -> None:
         if chunk_size < 1:
             raise ValueError("chunk_size must be positive")
@@ -122,7 +133,16 @@ class WSManEndpoint:
             max_shells_per_user=max_shells_per_user,
             shell_idle_timeout=shell_idle_timeout,
             shell_lifetime=shell_lifetime,
+            authorize=authorize,
         )
+        if psrp_runner is not None:
+            self.service.psrp = PsrpHost(
+                psrp_runner,
+                configurations or (lambda: {"microsoft.powershell"}),
+                machine=name,
+                cond=self.service.cond,
+                pool_opened=pool_opened,
+            )
         self._bind_host = host
         self._port = port
         self._lifecycle = threading.Lock()
@@ -301,6 +321,21 @@ class WSManEndpoint:
     @property
     def shell_count(self) -> int:
         return self.service.counts()[0]
+
+    @property
+    def pool_count(self) -> int:
+        """Open PSRP runspace pools (after expiring idle ones)."""
+        psrp = self.service.psrp
+        if psrp is None:
+            return 0
+        self.service.counts()  # expires idle shells and pools
+        with self.service.cond:
+            return psrp.count()
+
+    @property
+    def pools_opened(self) -> int:
+        """Runspace pools opened since the listener was built (a new wsmprovhost.exe each on a real host)."""
+        return self.service.psrp.pools_opened if self.service.psrp is not None else 0
 
     @property
     def command_count(self) -> int:

@@ -1,8 +1,10 @@
-"""pywinrm's HTTP transport, hardened against hostile or broken WinRM listeners.
+"""The HTTP layer under both WinRM protocols (pywinrm for WinRS, pypsrp for PSRP), hardened against
+hostile or broken WinRM listeners.
 
-pywinrm's :class:`winrm.transport.Transport` is fine against a well-behaved Windows host, but a
+:class:`HardenedHTTP` holds what both share; :class:`HardenedTransport` puts it under pywinrm and
+``psrp.py`` puts it under pypsrp. Both libraries are fine against a well-behaved Windows host, but a
 listener that misbehaves (or something impersonating one) can hurt the exporter in four ways,
-which :class:`HardenedTransport` closes:
+which :class:`HardenedHTTP` closes:
 
 - **Unbounded bodies.** ``requests`` reads every response whole (``response.content``), so a
   listener could send gigabytes. Bodies are streamed and cut at ``max_response_bytes``
@@ -48,7 +50,9 @@ from winrm.transport import HAVE_KERBEROS, Transport
 
 log = logging.getLogger(__name__)
 
-__all__ = ["HAVE_KERBEROS", "DeadlineExceeded", "HardenedTransport", "ResponseTooLarge", "UnsafeResponse"]
+__all__ = [
+    "HAVE_KERBEROS", "DeadlineExceeded", "HardenedHTTP", "HardenedTransport", "ResponseTooLarge", "UnsafeResponse",
+]  # fmt: skip
 
 DEFAULT_MAX_RESPONSE_BYTES = 4 * 1024 * 1024  # pywinrm asks for 150 KiB envelopes; 4 MiB is ample headroom
 _DTD_MARKERS = (b"<!DOCTYPE", b"<!ENTITY")
@@ -228,54 +232,42 @@ class _HardenedAdapter(HTTPAdapter):
         return super().build_response(req, resp)
 
 
-# -- the transport --------------------------------------------------------------------------------
+# -- the hardening every protocol shares ------------------------------------------------------------
 
 
-class HardenedTransport(Transport):
-    """pywinrm's Transport with capped bodies, a hard deadline per request and no DTDs or downgrades.
+class HardenedHTTP:
+    """What every WinRM HTTP transport of the exporter (pywinrm's for WinRS, pypsrp's for PSRP) goes
+    through: the capped, abortable adapter, a hard deadline per request, and the checks on each answer.
 
-    Built with the same keyword arguments as :class:`winrm.transport.Transport`. Set
-    :attr:`deadline` (``time.monotonic()`` based) before each request; ``None`` means no deadline.
+    Set :attr:`deadline` (``time.monotonic()`` based) before each request; ``None`` means no deadline.
     """
 
-    def __init__(self, *, max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+    def __init__(self, max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES) -> None:
         self.max_response_bytes = max_response_bytes
         self.deadline: float | None = None
-        self._adapter = _HardenedAdapter(max_response_bytes)
+        self.adapter = _HardenedAdapter(max_response_bytes)
 
-    def _harden(self, session: requests.Session) -> None:
-        if session.get_adapter("http://") is not self._adapter:
-            session.mount("http://", self._adapter)
-            session.mount("https://", self._adapter)
+    def harden(self, session: requests.Session) -> None:
+        """Route every request of ``session`` through the hardened adapter (idempotent)."""
+        if session.get_adapter("http://") is not self.adapter:
+            session.mount("http://", self.adapter)
+            session.mount("https://", self.adapter)
             session.headers["Accept-Encoding"] = "identity"
-
-    def build_session(self) -> requests.Session:
-        session = super().build_session()
-        self._harden(session)
-        return session
-
-    def setup_encryption(self, session: requests.Session) -> None:
-        # Called from inside build_session, before it returns: the set-up request needs the
-        # hardened adapter too.
-        self._harden(session)
-        super().setup_encryption(session)
 
     def abort(self) -> None:
         """Shut down every connection of this transport (from any thread)."""
-        self._adapter.sockets.shutdown_all()
+        self.adapter.sockets.shutdown_all()
 
-    def _send_message_request(
-        self, session: requests.Session, prepared_request: requests.PreparedRequest
-    ) -> requests.Response:
+    def send(self, request: Callable[[], requests.Response]) -> requests.Response:
+        """Run one HTTP request, shutting its sockets down if it is still running at :attr:`deadline`."""
         deadline = self.deadline
         if deadline is None:
-            return super()._send_message_request(session, prepared_request)
+            return request()
         if deadline - time.monotonic() <= 0:
             raise DeadlineExceeded("the probe deadline passed before the request was sent")
         alarm = WATCHDOG.schedule(deadline, self.abort)
         try:
-            response = super()._send_message_request(session, prepared_request)
+            response = request()
         except (requests.exceptions.RequestException, OSError) as exc:
             if alarm.cancel():
                 raise DeadlineExceeded("the probe deadline passed during the request") from exc
@@ -288,14 +280,69 @@ class HardenedTransport(Transport):
             raise DeadlineExceeded("the probe deadline passed during the request")
         return response
 
-    def _get_message_response_text(self, response: requests.Response) -> bytes:
-        if self.encryption is not None and 200 <= response.status_code < 300:
+    @staticmethod
+    def check_encrypted(response: requests.Response, encrypted: bool) -> None:
+        """Refuse a 2xx answer in plaintext on a session that agreed on message encryption."""
+        if encrypted and 200 <= response.status_code < 300:
             content_type = response.headers.get("Content-Type", "")
             if not any(f'protocol="{p}"' in content_type for p in _ENCRYPTED_PROTOCOLS):
                 raise UnsafeResponse("the listener answered in plaintext although message encryption is on")
-        text: bytes = super()._get_message_response_text(response)
+
+    @staticmethod
+    def check_text(text: bytes) -> None:
+        """Refuse a (decrypted) SOAP body that declares a DTD, before any XML parser sees it."""
         if any(marker in text for marker in _DTD_MARKERS):
             raise UnsafeResponse("the response carries a document type declaration, which SOAP forbids")
+
+
+# -- the WinRS transport (pywinrm) ------------------------------------------------------------------
+
+
+class HardenedTransport(Transport):
+    """pywinrm's Transport with capped bodies, a hard deadline per request and no DTDs or downgrades.
+
+    Built with the same keyword arguments as :class:`winrm.transport.Transport`. Set
+    :attr:`deadline` (``time.monotonic()`` based) before each request; ``None`` means no deadline.
+    """
+
+    def __init__(self, *, max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.max_response_bytes = max_response_bytes
+        self.http = HardenedHTTP(max_response_bytes)
+
+    @property
+    def deadline(self) -> float | None:
+        return self.http.deadline
+
+    @deadline.setter
+    def deadline(self, value: float | None) -> None:
+        self.http.deadline = value
+
+    def build_session(self) -> requests.Session:
+        session = super().build_session()
+        self.http.harden(session)
+        return session
+
+    def setup_encryption(self, session: requests.Session) -> None:
+        # Called from inside build_session, before it returns: the set-up request needs the
+        # hardened adapter too.
+        self.http.harden(session)
+        super().setup_encryption(session)
+
+    def abort(self) -> None:
+        """Shut down every connection of this transport (from any thread)."""
+        self.http.abort()
+
+    def _send_message_request(
+        self, session: requests.Session, prepared_request: requests.PreparedRequest
+    ) -> requests.Response:
+        send = super()._send_message_request
+        return self.http.send(lambda: send(session, prepared_request))
+
+    def _get_message_response_text(self, response: requests.Response) -> bytes:
+        self.http.check_encrypted(response, self.encryption is not None)
+        text: bytes = super()._get_message_response_text(response)
+        self.http.check_text(text)
         return text
 
 

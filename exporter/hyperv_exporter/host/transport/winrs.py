@@ -33,8 +33,8 @@ from winrm.exceptions import (
 from winrm.protocol import Protocol
 
 from hyperv_exporter import logutil
-from hyperv_exporter.host.script import SCRIPT_ENV
-from hyperv_exporter.host.transport.errors import ProbeError
+from hyperv_exporter.host.script import SCRIPT_ENV, command_line
+from hyperv_exporter.host.transport.errors import ACCESS_DENIED_HINT, WSMAN_ACCESS_DENIED, ProbeError
 from hyperv_exporter.host.transport.http import (
     DeadlineExceeded,
     HardenedTransport,
@@ -60,6 +60,7 @@ class Exchange:
     received: float  # wall clock just after the final Receive
     requests: int  # HTTP requests this run made (including shell set-up)
     new_shell: bool
+    failure: str | None = None  # psrp: the pipeline did not complete (state and error records)
 
 
 class _CountingProtocol(Protocol):
@@ -115,6 +116,8 @@ def classify(exc: BaseException) -> ProbeError:
         return ProbeError("timeout", "the host did not answer before the probe deadline")
     if isinstance(exc, requests.exceptions.ConnectionError):
         return ProbeError("connection", f"cannot connect: {_short(exc)}")
+    if isinstance(exc, WSManFaultError) and exc.wsman_fault_code == WSMAN_ACCESS_DENIED:
+        return ProbeError("access_denied", f"WS-Management fault 5: {exc.reason.strip()} ({ACCESS_DENIED_HINT})")
     if isinstance(exc, WSManFaultError):
         return ProbeError("winrm_fault", f"WS-Management fault {exc.wsman_fault_code or exc.code}: {exc.reason}")
     if isinstance(exc, WinRMTransportError):
@@ -261,6 +264,11 @@ class WinRMSession:
         return self._protocol, self._shell_id, True
 
     # -- one run -------------------------------------------------------------------------------
+    def collect(self, sections: Sequence[str], gzip: bool, deadline: float) -> Exchange:
+        """Run the collection script for ``sections`` (the prober's entry point, as on ``psrp.PSRPSession``)."""
+        command, args = command_line(sections, gzip)
+        return self.run(command, args, deadline)
+
     def run(self, command: str, arguments: Sequence[str], deadline: float) -> Exchange:
         """Run one command on the kept shell; raises :class:`ProbeError`."""
         requests_before = self.requests_total
