@@ -2,7 +2,8 @@
 endpoint registered from an older release) is named in a metric, once in the log and on the landing page.
 
 The simulator serves the outdated copy (fleet key ``Simulator.CollectScriptVersion``); the report
-fields travel the same way on every protocol, so the WinRS path shows the warning end to end.
+fields travel the same way on every protocol: the ``stack`` tests use the test stack's module, the
+``demo`` test the recommended set-up (psrp, the JEA endpoint, a least-privilege account).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import pytest
 
 from conftest import Stack, sample
 from hyperv_exporter.host import cimxml, script
+from hyperv_exporter.host.cli import Running
 from hyperv_exporter.host.report import parse_report
 from hyperv_exporter.sim.fleet import parse_fleet
 from hyperv_exporter.sim.ps51json import dumps
@@ -22,9 +24,9 @@ OLD = "0.0.9"
 
 def test_current_host_reports_the_exporters_own_script(stack: Stack) -> None:
     samples = stack.probe("HV-LONDON-01")
-    assert sample(samples, "hyperv_host_collection_script_outdated") == 0.0
+    assert sample(samples, "hyperv_collection_script_outdated") == 0.0
     labels = {"version": script.script_version(), "hash": script.short_hash(script.script_hash())}
-    assert sample(samples, "hyperv_host_collection_script_info", **labels) == 1.0
+    assert sample(samples, "hyperv_collection_script_info", **labels) == 1.0
 
 
 def test_outdated_host_is_named_in_metric_log_and_landing_page(stack: Stack, caplog: pytest.LogCaptureFixture) -> None:
@@ -33,10 +35,10 @@ def test_outdated_host_is_named_in_metric_log_and_landing_page(stack: Stack, cap
         for _ in range(3):
             samples = stack.probe("HV-LONDON-01")
             assert sample(samples, "hyperv_up") == 1.0  # an outdated copy still collects
-            assert sample(samples, "hyperv_host_collection_script_outdated") == 1.0
-            assert sample(samples, "hyperv_host_collection_script_info", version=OLD) == 1.0
+            assert sample(samples, "hyperv_collection_script_outdated") == 1.0
+            assert sample(samples, "hyperv_collection_script_info", version=OLD) == 1.0
         other = stack.probe("HV-DUBLIN-01")
-    assert sample(other, "hyperv_host_collection_script_outdated") == 0.0
+    assert sample(other, "hyperv_collection_script_outdated") == 0.0
     warnings = [r.getMessage() for r in caplog.records if "collection script" in r.getMessage()]
     assert len(warnings) == 1, warnings  # once per host, not on every probe
     assert f"collection script {OLD}" in warnings[0]
@@ -51,6 +53,30 @@ def test_outdated_host_is_named_in_metric_log_and_landing_page(stack: Stack, cap
     assert "HV-DUBLIN-01" not in section
 
 
+def test_outdated_jea_endpoint_in_the_demo(demo: Running) -> None:
+    """Through pypsrp, the JEA endpoint's Get-HyperVExporterReport and a non-admin account."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    assert demo.simulator is not None
+    demo.simulator.fleet.host("HV-DUBLIN-01").set(collect_script_version=OLD)
+    base = demo.server.urls[0]
+    values = {}
+    for host in ("HV-DUBLIN-01", "HV-LONDON-01"):
+        with urllib.request.urlopen(f"{base}/probe?module=default&target={host}", timeout=30) as r:
+            text = r.read().decode()
+        values[host] = {
+            s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples if not s.labels
+        }
+    assert values["HV-DUBLIN-01"]["hyperv_up"] == 1.0
+    assert values["HV-DUBLIN-01"]["hyperv_collection_script_outdated"] == 1.0
+    assert values["HV-LONDON-01"]["hyperv_collection_script_outdated"] == 0.0
+    with urllib.request.urlopen(f"{base}/", timeout=30) as r:
+        page = r.read().decode()
+    assert 'id="outdated"' in page and "HV-DUBLIN-01" in page
+
+
 def test_warning_repeats_only_for_another_outdated_copy(stack: Stack, caplog: pytest.LogCaptureFixture) -> None:
     host = stack.fleet.host("HV-LONDON-01")
     with caplog.at_level(logging.WARNING, logger="hyperv_exporter.host.probe"):
@@ -58,7 +84,7 @@ def test_warning_repeats_only_for_another_outdated_copy(stack: Stack, caplog: py
         stack.probe("HV-LONDON-01")
         stack.probe("HV-LONDON-01")
         host.set(collect_script_version=None)  # re-registered: the warning ends ...
-        assert sample(stack.probe("HV-LONDON-01"), "hyperv_host_collection_script_outdated") == 0.0
+        assert sample(stack.probe("HV-LONDON-01"), "hyperv_collection_script_outdated") == 0.0
         host.set(collect_script_version=OLD)  # ... and is given again if it comes back
         stack.probe("HV-LONDON-01")
     warnings = [r for r in caplog.records if "collection script" in r.getMessage()]

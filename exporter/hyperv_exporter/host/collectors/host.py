@@ -4,13 +4,10 @@ hyperv_host_info{host_name="HV01",os_caption="Microsoft Windows Server 2022 Data
                  os_version="10.0.20348",ui_culture="de-DE"} 1
 hyperv_host_time_offset_seconds 0.0021
 hyperv_host_time_offset_uncertainty_seconds 0.0009
-hyperv_host_collection_script_info{version="0.1.0",hash="d87899bdcb9a"} 1
-hyperv_host_collection_script_outdated 0
 """
 
 from __future__ import annotations
 
-from hyperv_exporter.host import script
 from hyperv_exporter.host.collectors.base import Collector, CollectorContext, Family, single
 
 
@@ -43,7 +40,7 @@ class HostCollector(Collector):
             kind="info",
         )
         info.add((host.computer_name or "", host.os_caption or "", host.os_version or "", host.ui_culture or ""), 1.0)
-        families = [info, *self._script(ctx)]
+        families = [info]
         report, clock = ctx.report, ctx.clock
         if clock is not None and report.clock_start is not None and report.clock_end is not None:
             offset, uncertainty = host_clock_offset(clock.sent, report.clock_start, report.clock_end, clock.received)
@@ -64,23 +61,3 @@ class HostCollector(Collector):
                 )
             )
         return families
-
-    @staticmethod
-    def _script(ctx: CollectorContext) -> list[Family]:
-        """Which collect.ps1 the host ran, and whether it is another than the exporter's own."""
-        report = ctx.report
-        info = Family(
-            "hyperv_host_collection_script",
-            "The collection script the host ran (its version and the first 12 hex digits of its hash); "
-            "empty labels when the host's copy predates these fields.",
-            ("version", "hash"),
-            kind="info",
-        )
-        info.add(((report.script_version or "")[:32], script.short_hash(report.script_hash)), 1.0)
-        outdated = single(
-            "hyperv_host_collection_script_outdated",
-            "1 when the host ran another collection script than this exporter's own collect.ps1 (a JEA "
-            "endpoint registered from another release: update it), else 0.",
-            1.0 if report.script_outdated else 0.0,
-        )
-        return [info, outdated]
