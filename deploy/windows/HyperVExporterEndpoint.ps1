@@ -98,6 +98,7 @@ param(
 
 $ErrorActionPreference = 'Stop'
 Set-StrictMode -Version 3
+$ScriptName = $MyInvocation.MyCommand.Name
 
 # Names the exporter relies on (docs/configuration.md: winrm.configuration_name; CONTRACTS C1).
 $EndpointName = 'HyperVExporter'
@@ -263,7 +264,7 @@ function Register-Endpoint {
     }
     $null = Register-PSSessionConfiguration -Name $EndpointName -Path $SessionFile -Force
     Write-Host "Registered $EndpointName for $members; the virtual account is in '$hyperVAdmins' only."
-    Write-Host "Exporter module: winrm: {protocol: psrp, configuration_name: $EndpointName}. Check with: $($MyInvocation.MyCommand.Name) -Test -Username <account>"
+    Write-Host "Exporter module: winrm: {protocol: psrp, configuration_name: $EndpointName}. Check with: .\$ScriptName -Test -Username <account>"
 }
 
 function Update-Endpoint {
