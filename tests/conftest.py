@@ -155,7 +155,8 @@ class ConfigurableStack(Stack):
     keys (4-space indent). ``{password_file}`` in either is replaced by the password file's path.
     """
 
-    DEFAULT_WINRM = """      scheme: http
+    DEFAULT_WINRM = """      protocol: winrs
+      scheme: http
       transport: basic
       allow_unencrypted: true
       message_encryption: never

@@ -284,6 +284,9 @@ class Prober:
             result.report = report.parse_report(text, kvp_filter, frozenset(module.kvp.sources))
             result.clock = ClockExchange(exchange.sent, exchange.received)
             result.note(f"{len(result.report.vms)} VMs, {len(result.report.problems)} problems")
+            for name, section in result.report.sections.items():
+                if section.error:  # e.g. a permission the account lacks for this section's query
+                    result.note(f"section {name} failed on the host: {section.error}")
         except ProbeError as exc:
             result.reason, result.message = exc.reason, logutil.redact(str(exc))
         except report.ReportError as exc:

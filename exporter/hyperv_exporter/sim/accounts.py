@@ -49,6 +49,7 @@ class Identity:
     groups: frozenset[str]
     wmi_remote_enable: frozenset[str] = frozenset()  # namespaces that grant this account Remote Enable
     no_language: bool = False  # JEA: RestrictedRemoteServer sessions are in NoLanguage mode
+    network_logon: bool = True  # a remote user's session; the JEA virtual account logs on locally
 
     @property
     def is_admin(self) -> bool:
@@ -58,10 +59,15 @@ class Identity:
         return self.is_admin or HYPERV_ADMINISTRATORS in self.groups
 
     def may_query_wmi(self, namespace: str) -> bool:
-        # Hyper-V Administrators hold the virtualization namespace's rights; root/cimv2 needs Remote Enable.
         if self.is_admin or namespace in self.wmi_remote_enable:
             return True
-        return namespace == WMI_SECTIONS["kvp"] and HYPERV_ADMINISTRATORS in self.groups
+        if namespace == WMI_SECTIONS["kvp"]:
+            # The virtualization namespace grants Hyper-V Administrators its rights, Remote Enable included
+            # (that is how Hyper-V Manager works for them from another machine).
+            return HYPERV_ADMINISTRATORS in self.groups
+        # Other namespaces grant Authenticated Users only Enable Account: enough for a local logon (the
+        # JEA virtual account), not for a network logon, which needs Remote Enable (pywinrm #306).
+        return not self.network_logon
 
     def refusals(self, sections: Iterable[str]) -> dict[str, str]:
         """The error message of every section this identity may not run (as collect.ps1 records it)."""
@@ -79,7 +85,7 @@ class Identity:
 
 
 #: The JEA endpoint's virtual account: RunAsVirtualAccountGroups = Hyper-V Administrators only.
-JEA_VIRTUAL_ACCOUNT = Identity(groups=frozenset({HYPERV_ADMINISTRATORS}), no_language=True)
+JEA_VIRTUAL_ACCOUNT = Identity(groups=frozenset({HYPERV_ADMINISTRATORS}), no_language=True, network_logon=False)
 
 
 @dataclass(frozen=True)

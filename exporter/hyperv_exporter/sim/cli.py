@@ -19,8 +19,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from hyperv_exporter import __version__, logutil
-from hyperv_exporter.sim.fleet import demo_fleet, load_fleet, with_password
-from hyperv_exporter.sim.host import SIM_WINRM, Simulator, exporter_config
+from hyperv_exporter.sim.fleet import SimFleet, demo_fleet, load_fleet, with_password
+from hyperv_exporter.sim.host import Simulator, exporter_config, use_least_privilege, winrm_block_for
 from hyperv_exporter.yamlutil import YamlError
 
 log = logging.getLogger("hyperv_exporter.sim")
@@ -54,12 +54,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def write_exporter_config(path: str, urls: dict[str, str], password_file: str | None) -> None:
-    """A configuration for hyperv-exporter that probes these hosts, with the same password source."""
+def write_exporter_config(path: str, urls: dict[str, str], password_file: str | None, fleet: SimFleet) -> None:
+    """A configuration for hyperv-exporter that probes these hosts, with the same password source, through
+    the JEA endpoint when every host's account may use it (the built-in fleet's can)."""
+    winrm = winrm_block_for(fleet)
     if password_file:
-        text = exporter_config(urls, str(Path(password_file).resolve()))
+        text = exporter_config(urls, str(Path(password_file).resolve()), winrm=winrm)
     else:
-        winrm = SIM_WINRM.replace("password_file: {password_file}", f"password_env: {PASSWORD_ENV}")
+        winrm = winrm.replace("password_file: {password_file}", f"password_env: {PASSWORD_ENV}")
         text = exporter_config(urls, "", winrm=winrm)
     Path(path).write_text(text, encoding="utf-8")
 
@@ -68,7 +70,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logutil.setup_logging(args.log_level, args.log_format)
     try:
-        fleet = load_fleet(args.fleet_file) if args.fleet_file else demo_fleet()
+        # The built-in fleet shows the recommended account: only in the JEA endpoint's role group.
+        fleet = load_fleet(args.fleet_file) if args.fleet_file else use_least_privilege(demo_fleet())
     except YamlError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -105,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: cannot listen: {exc}", file=sys.stderr)
         return 1
     if args.exporter_config:
-        write_exporter_config(args.exporter_config, simulator.urls(), args.password_file)
+        write_exporter_config(args.exporter_config, simulator.urls(), args.password_file, fleet)
     for name, url in simulator.urls().items():
         print(f"{name} {url}", flush=True)
     stop = threading.Event()

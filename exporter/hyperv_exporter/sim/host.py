@@ -287,14 +287,36 @@ class HostRunner:
 
 
 # The WinRM block for a simulator: Basic over plain HTTP is acceptable only because the listeners
-# are simulated hosts on loopback; a real module uses https, ntlm or kerberos.
-SIM_WINRM = """      scheme: http
+# are simulated hosts on loopback; a real module uses https, ntlm or kerberos. A WinRS cmd shell, so
+# the account must be an administrator (the default for a fleet file's account).
+SIM_WINRM = """      protocol: winrs
+      scheme: http
       transport: basic
       allow_unencrypted: true
       message_encryption: never
       username: {username}
       password_file: {password_file}
 """
+
+
+# The recommended set-up against a simulator: PowerShell remoting to the read-only JEA endpoint with
+# NTLM and message encryption (plain HTTP on loopback only; a real module uses https).
+SIM_WINRM_JEA = """      protocol: psrp
+      configuration_name: HyperVExporter
+      scheme: http
+      transport: ntlm
+      username: {username}
+      password_file: {password_file}
+"""
+# PowerShell remoting to the plain endpoint, for accounts the JEA endpoint does not admit.
+SIM_WINRM_PSRP = SIM_WINRM.replace("protocol: winrs", "protocol: psrp")
+
+
+def winrm_block_for(fleet: SimFleet) -> str:
+    """The WinRM block that works for every host's account: JEA where all accounts may use it."""
+    if all(h.access.may_open(h.username, JEA_ENDPOINT) for h in fleet.hosts):
+        return SIM_WINRM_JEA
+    return SIM_WINRM_PSRP
 
 
 def exporter_config(
@@ -404,7 +426,7 @@ class Simulator:
                 runner,
                 authorize=_authorizer(host) if users is not None else None,
                 psrp_runner=runner.pipeline,
-                configurations=host.access.configurations,
+                configurations=lambda host=host: host.access.configurations(),  # type: ignore[misc]
                 pool_opened=_pool_opened(host),
                 host=self.bind,
                 port=host.port,

@@ -339,7 +339,7 @@ class WSManEndpoint:
 
     @property
     def command_count(self) -> int:
-        """Commands not yet ended by Signal: a client that skips cleanup_command leaks these."""
+        """Commands and PSRP pipelines not yet ended by Signal: a client that skips it leaks these."""
         return self.service.counts()[1]
 
     @property

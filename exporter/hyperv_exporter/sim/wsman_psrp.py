@@ -184,6 +184,10 @@ class PsrpHost:
     def count(self) -> int:
         return len(self._pools)
 
+    def pipeline_count(self) -> int:
+        """Pipelines not yet ended by Signal."""
+        return sum(len(pool.pipelines) for pool in self._pools.values())
+
     def expire(self, now: float, idle_limit: float | None, lifetime: float | None) -> None:
         for shell_id, pool in list(self._pools.items()):
             limits = [t for t in (pool.requested_idle, idle_limit) if t is not None]

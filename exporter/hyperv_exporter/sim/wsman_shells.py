@@ -220,10 +220,11 @@ class ShellHost:
             self._cond.notify_all()
 
     def counts(self) -> tuple[int, int]:
-        """(open shells, open commands), after expiring idle shells."""
+        """(open cmd shells, open commands and PSRP pipelines), after expiring idle shells and pools."""
         with self._cond:
             self._expire_locked(time.monotonic())
-            return len(self._shells), sum(len(s.commands) for s in self._shells.values())
+            pipelines = self.psrp.pipeline_count() if self.psrp is not None else 0
+            return len(self._shells), sum(len(s.commands) for s in self._shells.values()) + pipelines
 
     # --- dispatch ---------------------------------------------------------------------------------
 

@@ -60,6 +60,10 @@ JEA_COMMAND = "Get-HyperVExporterReport"
 WSMAN_TIMED_OUT = 2150858793  # Receive found nothing within OperationTimeout: ask again
 
 
+class _PipelineTooLarge(Exception):
+    """The pipeline's output passed max_output_bytes; it has been stopped."""
+
+
 def uses_script_text(configuration_name: str) -> bool:
     """Whether an endpoint takes collect.ps1 as script text (PowerShell's own full-language endpoints)
     rather than the JEA command (any custom endpoint, which a JEA configuration is)."""
@@ -256,6 +260,7 @@ class PSRPSession:
         pool = _Pool(wsman, configuration_name=self.settings.configuration_name)
         pool.session, pool.deadline = self, deadline
         self._pool = pool  # before opening: a failed open is deleted like any dropped pool
+        self.arm(wsman, deadline)  # the Create; each Receive of the opening arms itself
         pool.open()
         self._opened = self._used = time.monotonic()
         self.shells_opened += 1
@@ -274,6 +279,10 @@ class PSRPSession:
                 exchange = self._run_on(pool, sections, gzip, deadline, new_pool)
                 self._count(pool.connection)
                 return replace(exchange, requests=self.requests_total - requests_before)
+            except _PipelineTooLarge:
+                # The pool is fine: only this pipeline's output was refused.
+                self._count(pool.connection)
+                raise ProbeError("output_too_large", f"output exceeds {self.settings.max_output_bytes} bytes") from None
             except ProbeError:
                 self._drop_pool(graceful=True)
                 raise
@@ -312,8 +321,12 @@ class PSRPSession:
             size = sum(len(str(item)) for item in ps.output)
             if size > self.settings.max_output_bytes:
                 self.arm(pool.connection, deadline + 1.0)
-                ps.stop()
-                raise ProbeError("output_too_large", f"output exceeds {self.settings.max_output_bytes} bytes")
+                if ps.state == PSInvocationState.RUNNING:
+                    ps.stop()  # Signal ctrl_c: the host stops producing
+                else:
+                    ps.close()  # Signal terminate: release what it produced
+                self._used = time.monotonic()
+                raise _PipelineTooLarge("output_too_large", f"output exceeds {self.settings.max_output_bytes} bytes")
         received = time.time()
         # Signal terminate releases the pipeline on the host; the pool stays open. It may use a
         # second past the deadline: skipping it would leak the pipeline on the host.
