@@ -9,13 +9,21 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from hyperv_exporter.host.cli import Running, build_parser, start
+from hyperv_exporter.sim.cost import NO_COST
 from hyperv_exporter.sim.host import SIM_WINRM, exporter_config
 from pki import Pki
 
 REPO = Path(__file__).resolve().parent.parent
 IN_CI = os.environ.get("HYPERV_EXPORTER_CI") == "1"
+
+# Property tests explore a fixed sequence of examples so a run is reproducible: a failure on CI is a failure
+# on every machine. HYPOTHESIS_PROFILE=explore searches fresh random examples (and keeps a local database).
+settings.register_profile("deterministic", derandomize=True, database=None)
+settings.register_profile("explore", derandomize=False)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "deterministic"))
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -36,6 +44,9 @@ def require_tool(name: str) -> str:
 def demo() -> Iterator[Running]:
     """The exporter in --demo mode on a free loopback port, with its simulated fleet."""
     running = start(build_parser().parse_args(["--demo", "--web.listen-address", "127.0.0.1:0"]))
+    assert running.simulator is not None
+    # --demo charges a real host's process start-up (seconds per WinRS probe); tests don't wait for it.
+    running.simulator.set_process_cost(NO_COST)
     try:
         yield running
     finally:

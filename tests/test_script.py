@@ -80,7 +80,8 @@ def test_script_emits_enum_names_and_arrays() -> None:
     text = script.script_text()
     for prop in ("State", "Heartbeat", "PrimaryOperationalStatus", "SecondaryOperationalStatus", "SnapshotType"):
         assert re.search(rf"\[string\]\$\w+\.{prop}\b", text), prop
-    assert "ConvertTo-Array $rows.ToArray()" in text  # zero or one VM still gives a JSON array
+    assert """+ ',"VMs":[')""" in text  # zero or one VM: still an array
+    assert "ConvertTo-Json -InputObject $batch" in text  # each batch an array, also with one VM
     assert "$ProgressPreference = 'SilentlyContinue'" in text
 
 
@@ -117,4 +118,7 @@ def test_script_avoids_commands_jea_constrains() -> None:
 
 def test_script_output_is_pipeline_output_in_a_remote_session() -> None:
     """Over PSRP (and on the JEA endpoint) the console is wsmprovhost's: the document must be output."""
-    assert "if ($null -ne $PSSenderInfo) { $json } else { [Console]::Out.Write($json) }" in script.script_text()
+    text = script.script_text()
+    # Only powershell.exe (WinRS) has a console host; a remote runspace's host is ServerRemoteHost.
+    assert "$toConsole = $Host.Name -eq 'ConsoleHost'" in text
+    assert "if ($toConsole) { [Console]::Out.Write($output) } else { $output }" in text

@@ -228,13 +228,15 @@ def test_processes_never_carry_passwords_on_their_command_lines(tmp_path: Path) 
             assert sim.poll() is None and time.monotonic() < deadline, (tmp_path / "sim.log").read_text()
             time.sleep(0.1)
         urls = dict(re.findall(r"^(HV-\S+) (http://\S+)$", (tmp_path / "sim.log").read_text(), re.MULTILINE))
-        assert len(urls) == 4
+        assert len(urls) == 7  # the demo fleet's hosts
         endpoints = "".join(f"      {name}: {url}\n" for name, url in urls.items())
         for index, (source, log_format) in enumerate((("password_file: password", "json"),
                                                       ("password_env: HYPERV_ENV_PASSWORD", "logfmt"))):  # fmt: skip
             (tmp_path / f"hyperv{index}.yml").write_text(
                 f"modules:\n  default:\n    targets: [{', '.join(urls)}]\n    endpoints:\n{endpoints}"
-                f"    winrm: {{scheme: http, transport: ntlm, username: monitor, {source}}}\n"
+                # hyperv-sim's built-in fleet has the least-privilege account: the JEA endpoint only.
+                f"    winrm: {{configuration_name: HyperVExporter, scheme: http, transport: ntlm, username: monitor, "
+                f"{source}}}\n"
             )
             port = _free_port()
             exporter = spawn(f"exporter{index}", [

@@ -152,13 +152,15 @@ def start(args: argparse.Namespace) -> Running:
     example_targets: dict[str, str] = {}
     if args.demo:
         # The simulator is only needed for --demo; importing it lazily keeps it out of normal start-up.
+        from hyperv_exporter.sim.cost import WINDOWS  # noqa: PLC0415
         from hyperv_exporter.sim.fleet import demo_fleet, with_password  # noqa: PLC0415
         from hyperv_exporter.sim.host import Simulator, use_least_privilege  # noqa: PLC0415
 
         password = secrets.token_urlsafe(18)
         logutil.register_secret(password)
         fleet = use_least_privilege(with_password(demo_fleet(), password))
-        simulator = Simulator(fleet)
+        # The demo shows what a probe costs a real host: a new PowerShell process takes seconds.
+        simulator = Simulator(fleet, process_cost=WINDOWS)
         simulator.start()
         config = demo_config(simulator.urls(), fleet.hosts[0].username, password)
         example_targets["default"] = fleet.hosts[0].computer_name
@@ -169,6 +171,12 @@ def start(args: argparse.Namespace) -> Running:
         def reloader() -> Config:
             return load_config(config_file)
 
+    if simulator is not None:
+        # --demo: the simulated hosts' own counters (requests, processes started, host CPU) beside the
+        # exporter's, so the demo shows what each probe costs a host.
+        from hyperv_exporter.sim.metrics import SimulatorCollector  # noqa: PLC0415
+
+        metrics.registry.register(SimulatorCollector(simulator))
     app = ExporterApp(
         config=config,
         prober=prober,

@@ -376,6 +376,8 @@ def _winrm(node: Node, base: Path) -> WinRMSettings:
             "basic transport over plain http sends the password in clear text; use https, ntlm or kerberos, "
             "or set allow_unencrypted: true if you really mean it"
         )
+    if settings.message_encryption == "always" and transport not in ("ntlm", "kerberos"):
+        keys["message_encryption"].fail(f"{transport} transport cannot encrypt messages; use ntlm or kerberos")
     if settings.message_encryption == "never" and scheme == "http" and not settings.allow_unencrypted:
         node.fail("message_encryption: never over plain http needs allow_unencrypted: true")
     return settings

@@ -15,16 +15,19 @@ from __future__ import annotations
 import base64
 import gzip
 import logging
+import re
 import ssl
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import lru_cache, partial
 
+from defusedxml.ElementTree import fromstring as safe_fromstring
 from psrpcore.types import ErrorCategory
 
 from hyperv_exporter import logutil
 from hyperv_exporter.host import script
+from hyperv_exporter.sim import scale
 from hyperv_exporter.sim import wsman_soap as soap
 from hyperv_exporter.sim.accounts import (
     ADMINISTRATORS,
@@ -34,6 +37,7 @@ from hyperv_exporter.sim.accounts import (
     least_privilege,
     restrict_document,
 )
+from hyperv_exporter.sim.cost import NO_COST, POWERSHELL, WSMPROVHOST, HostCounters, ProcessCost
 from hyperv_exporter.sim.fleet import SimFleet, SimHost, to_ticks
 from hyperv_exporter.sim.ps51json import dumps
 from hyperv_exporter.sim.wsman import CommandResult, Shell, WSManEndpoint, clixml_error
@@ -94,7 +98,15 @@ def _encoded_command(tokens: list[str]) -> str | None:
 
 
 #: A listener without users has no permission model: whoever connects may do everything.
-_UNCHECKED = Identity(groups=frozenset({ADMINISTRATORS}))
+UNCHECKED = Identity(groups=frozenset({ADMINISTRATORS}))
+
+
+def encode_stdout(text: str, use_gzip: bool, codepage: int) -> bytes:
+    """The bytes collect.ps1 prints for its JSON ``text``: gzip + base64 with ``-Gzip``, else the text."""
+    if use_gzip:
+        return base64.b64encode(gzip.compress(text.encode("utf-8"), mtime=0))
+    # With the console code page left at 437, non-ASCII names come out as '?' on a real host.
+    return text.encode("utf-8" if codepage == 65001 else f"cp{codepage}", errors="replace")
 
 
 def _script_error(message: str, fq_error: str, category: ErrorCategory, reason: str, target: str) -> PipelineError:
@@ -106,6 +118,28 @@ def _script_error(message: str, fq_error: str, category: ErrorCategory, reason: 
         exception_types=(f"System.Management.Automation.{reason}", "System.Management.Automation.RuntimeException"),
         target=target,
     )
+
+
+def _error_text(stderr: bytes, limit: int = 4000) -> str:
+    """The message of the error a failing run wrote to stderr as console CLIXML, as its error record
+    carries it over PSRP: the console's wrapping undone, without the "Command : " prefix and the
+    "+ CategoryInfo" lines the console adds."""
+    text = stderr[:limit].decode("utf-8", errors="replace")
+    if text.startswith("#< CLIXML"):
+        try:
+            root = safe_fromstring(text.split("\n", 1)[1])
+            text = "".join(node.text or "" for node in root.iter() if node.get("S") == "Error")
+        except Exception:  # malformed on purpose (the bad_clixml fault): keep the raw text
+            log.debug("stderr CLIXML not parsed", exc_info=True)
+    message = ""
+    for line in text.split("_x000D__x000A_"):
+        if line.strip().startswith("+ "):
+            break
+        if line.strip():
+            # The console cut long lines, appending a blank and indenting the rest by three.
+            message = message[:-1] + line.lstrip() if message.endswith(" ") else message + line
+    message = re.sub(r"^[\w-]+ : ", "", message.strip())
+    return message[:2000] or "the script failed"
 
 
 def _command_not_found(name: str) -> PipelineError:
@@ -120,14 +154,17 @@ def _command_not_found(name: str) -> PipelineError:
 
 
 class HostRunner:
-    """The CommandRunner (WinRS) and PipelineRunner (PSRP) for one simulated host."""
+    """The CommandRunner (WinRS: every ``powershell`` command is a new process) and PipelineRunner
+    (PSRP: pipelines in the runspace pool's already running process) for one simulated host."""
 
-    def __init__(self, host: SimHost) -> None:
+    def __init__(self, host: SimHost, counters: HostCounters | None = None) -> None:
         self.host = host
+        self.counters = counters if counters is not None else HostCounters()
         self.runs = 0
+        self.last_invocation: script.Invocation | None = None  # what the latest run was asked for
 
     def identity(self, username: str) -> Identity:
-        return self.host.access.identity(username) if self.host.password is not None else _UNCHECKED
+        return self.host.access.identity(username) if self.host.password is not None else UNCHECKED
 
     # -- PowerShell remoting -----------------------------------------------------------------------
     def pipeline(self, pool: PoolInfo, commands: list[Command]) -> PipelineResult:
@@ -168,7 +205,7 @@ class HostRunner:
                 "hyperv-sim: this simulated Hyper-V host runs only the hyperv-exporter collection script.",
                 "hyperv-sim", ErrorCategory.NotImplemented, "NotSupportedException", "",
             ))  # fmt: skip
-        unknown = [name for name in command.parameters if name.lower() not in ("collectors", "gzip")]
+        unknown = [name for name in command.parameters if name.lower() not in ("collectors", "kvpkeys", "gzip")]
         if unknown:
             return PipelineResult(error=_script_error(
                 f"A parameter cannot be found that matches parameter name '{unknown[0]}'.",
@@ -177,12 +214,14 @@ class HostRunner:
             ))  # fmt: skip
         params = {name.lower(): value for name, value in command.parameters.items()}
         sections = [s for s in str(params.get("collectors") or "vm").split(",") if s]
+        raw_keys = params.get("kvpkeys")
+        kvp_keys = [str(key) for key in raw_keys] if isinstance(raw_keys, list | tuple) else None
         self.runs += 1
-        result = self.answer(sections, params.get("gzip") not in (None, False), 65001, identity)
+        result = self.answer(sections, params.get("gzip") not in (None, False), 65001, kvp_keys, identity=identity)
         if result.exit_code != 0:
+            # A failing run: over PSRP its error record travels as such, not as console CLIXML.
             return PipelineResult(error=_script_error(
-                result.stderr.decode("utf-8", errors="replace")[:2000], "hyperv-sim-fault",
-                ErrorCategory.NotSpecified, "RuntimeException", "",
+                _error_text(result.stderr), "hyperv-sim-fault", ErrorCategory.NotSpecified, "RuntimeException", "",
             ), run_seconds=result.run_seconds)  # fmt: skip
         # In a runspace the script's output is one string object (no console, so no code page).
         return PipelineResult([result.stdout.decode("utf-8", errors="replace")], run_seconds=result.run_seconds)
@@ -197,18 +236,22 @@ class HostRunner:
                 "operable program or batch file.\r\n".encode(),
                 exit_code=1,
             )
+        # WinRS starts powershell.exe for this command whatever it then runs; it pays the start-up
+        # before its first line and the Hyper-V module import on the script's first Get-VM.
+        process = self.counters.start_process(POWERSHELL, self.host.process_cost or NO_COST)
         encoded = _encoded_command(tokens)
         try:
             text = script.decode_command(encoded) if encoded else ""
         except ValueError:
             text = ""
-        loader = script.parse_loader(text)
-        if loader is None:
+        invocation = script.parse_invocation(text)
+        if invocation is None:
             return CommandResult(
                 stderr=clixml_error(
                     "hyperv-sim: this simulated Hyper-V host runs only the hyperv-exporter collection script."
                 ),
                 exit_code=1,
+                run_seconds=process.start_seconds,
             )
         shipped = shell.env.get(script.SCRIPT_ENV)
         if shipped is None:
@@ -217,6 +260,7 @@ class HostRunner:
                     'Exception calling "Create" with "1" argument(s): "Value cannot be null.\r\nParameter name: script"'
                 ),
                 exit_code=1,
+                run_seconds=process.start_seconds,
             )
         if script.script_digest(shipped) != script.script_digest():
             return CommandResult(
@@ -224,21 +268,42 @@ class HostRunner:
                     "hyperv-sim: the script in the shell environment is not this version's collect.ps1."
                 ),
                 exit_code=1,
+                run_seconds=process.start_seconds,
             )
-        sections, use_gzip = loader
         self.runs += 1
-        return self.answer(sections, use_gzip, shell.codepage, self.identity(shell.username))
+        self.last_invocation = invocation
+        return self.answer(
+            invocation.sections,
+            invocation.gzip,
+            shell.codepage,
+            invocation.kvp_keys,
+            identity=self.identity(shell.username),
+            process=process,
+        )
 
     def answer(
-        self, sections: list[str], use_gzip: bool, codepage: int, identity: Identity = _UNCHECKED
+        self,
+        sections: list[str],
+        use_gzip: bool,
+        codepage: int,
+        kvp_keys: Sequence[str] | None = None,
+        identity: Identity = UNCHECKED,
+        process: ProcessCost = NO_COST,
     ) -> CommandResult:
+        """The script's output. ``kvp_keys``: -KvpKeys, filtered on the host; ``identity``: whose rights
+        it runs with; ``process``: the cost of the new process it runs in (WinRS); NO_COST for a
+        pipeline in an already running one (a kept PSRP runspace)."""
         host = self.host
         fault = host.output_fault
-        started = time.time()
+        # The script's first line runs once the process is up: its ClockStart and the VMs' uptimes
+        # are read then. Its output exists after the module import and the script's own run time.
+        started = time.time() + process.start_seconds
+        run_seconds = process.total + host.run_seconds
+        self.counters.script_ran(host.run_seconds)
         if fault == "bad_clixml":
-            return CommandResult(stderr=_BAD_CLIXML, exit_code=1, run_seconds=host.run_seconds)
+            return CommandResult(stderr=_BAD_CLIXML, exit_code=1, run_seconds=run_seconds)
         if fault == "huge_stderr":
-            return CommandResult(stderr=b"E" * (12 * 1024 * 1024), exit_code=1, run_seconds=host.run_seconds)
+            return CommandResult(stderr=b"E" * (12 * 1024 * 1024), exit_code=1, run_seconds=run_seconds)
         if fault == "powershell_error":
             return CommandResult(
                 stderr=clixml_error(
@@ -246,9 +311,12 @@ class HostRunner:
                     "administrator of the authorization policy for the computer 'localhost'."
                 ),
                 exit_code=1,
-                run_seconds=host.run_seconds,
+                run_seconds=run_seconds,
             )
         doc = restrict_document(host.document(sections, started), identity, host.computer_name)
+        if kvp_keys is not None:
+            scale.filter_document_kvp(doc, kvp_keys)
+        host.migrate_after_run()  # a VM live-migrating between cluster nodes is on the other node next time
         if fault == "vm_section_error":
             doc["VMs"] = []
             doc["Sections"]["vm"]["Error"] = (
@@ -261,29 +329,41 @@ class HostRunner:
         text = dumps(doc, compress=True)
         if fault == "surrogates":
             text = text.replace(_SURROGATE_NAME, _SURROGATE_ESCAPES)
-        # The script reads its end clock right before printing; here the output exists once this
-        # method returns and run_seconds have passed, so that is the moment the end clock stands for.
-        text = text[:-1] + ',"ClockEndTicks":' + str(to_ticks(time.time() + host.run_seconds + host.clock_offset)) + "}"
+        # The script reads its end clock right before printing; the shell service makes the output
+        # available run_seconds after the Command arrived (about when this method began), or when
+        # this method is done if building the answer took longer: that is the moment the end clock
+        # stands for.
+        end = max(started - process.start_seconds + run_seconds, time.time())
+        text = text[:-1] + ',"ClockEndTicks":' + str(to_ticks(end + host.clock_offset)) + "}"
         if fault == "huge":
             text = '{"SchemaVersion":1,"VMs":[' + ",".join(['{"Name":"x"}'] * 400_000) + "]}"
         elif fault == "deep_nesting":
             text = '{"SchemaVersion":1,"VMs":' + "[" * 100_000 + "]" * 100_000 + "}"
-        encoding = "utf-8" if codepage == 65001 else f"cp{codepage}"
-        if fault == "cp1252":
-            encoding, use_gzip = "cp1252", False
         if fault == "zip_bomb":
             stdout = _zip_bomb()
-        elif use_gzip:
-            stdout = base64.b64encode(gzip.compress(text.encode("utf-8"), mtime=0))
+        elif fault == "cp1252":
+            stdout = text.encode("cp1252", errors="replace")
         else:
-            # With the console code page left at 437, non-ASCII names come out as '?' on a real host.
-            stdout = text.encode(encoding, errors="replace")
+            stdout = encode_stdout(text, use_gzip, codepage)
+        if host.max_memory_per_shell_mb:
+            peak = scale.MODEL.peak_bytes(
+                len(doc.get("VMs") or ()), scale.kvp_chars(doc), len(text), use_gzip, len(stdout) * 3 // 4
+            )
+            host.last_peak_memory_bytes = peak
+            if peak > host.max_memory_per_shell_mb * scale.MIB:
+                error = clixml_error(
+                    scale.OUT_OF_MEMORY,
+                    category_info="OperationStopped: (:) [], OutOfMemoryException",
+                    error_id="System.OutOfMemoryException",
+                    codepage=codepage,
+                )
+                return CommandResult(stderr=error, exit_code=1, run_seconds=host.run_seconds)
         if fault == "not_json":
             stdout = b"WARNING: something went wrong, and this is not JSON"
         elif fault == "truncated":
             stdout = stdout[: len(stdout) // 2]
         stderr = PROGRESS_CLIXML if fault == "progress_stderr" else b""
-        return CommandResult(stdout=stdout, stderr=stderr, exit_code=0, run_seconds=host.run_seconds)
+        return CommandResult(stdout=stdout, stderr=stderr, exit_code=0, run_seconds=run_seconds)
 
 
 # The WinRM block for a simulator: Basic over plain HTTP is acceptable only because the listeners
@@ -360,13 +440,13 @@ def _authorizer(host: SimHost) -> Callable[[str, str], soap.SoapFault | None]:
     return authorize
 
 
-def _pool_opened(host: SimHost) -> Callable[[PoolInfo], None]:
+def _pool_opened(host: SimHost, counters: HostCounters, pause: Callable[[float], None]) -> Callable[[PoolInfo], None]:
     def opened(pool: PoolInfo) -> None:
-        # A runspace pool is a new wsmprovhost.exe on a real host. h11b-cost's process model counts and
-        # charges it (a no-op until that model exists on SimHost).
-        processes = getattr(host, "processes", None)
-        if processes is not None:
-            processes.started("wsmprovhost.exe")
+        # A runspace pool is a new wsmprovhost.exe on a real host: it pays the start-up and the
+        # Hyper-V module import once (charged here, before the pool's Create is answered) and stays
+        # up, so the pool's pipelines start no process.
+        cost = counters.start_process(WSMPROVHOST, host.process_cost or NO_COST)
+        pause(cost.total)
         log.debug("runspace pool opened", extra=logutil.fields(host=host.computer_name, endpoint=pool.configuration))
 
     return opened
@@ -409,25 +489,35 @@ class Simulator:
 
     Listeners accept Basic and NTLM (with message encryption over HTTP); with ``ssl_context`` they
     serve HTTPS. ``allow_unencrypted=False`` refuses plaintext SOAP over HTTP, as Windows does by default.
+    ``process_cost`` is what a new PowerShell process costs a host whose fleet entry does not say
+    (sim.cost: zero here, ``WINDOWS`` in hyperv-sim and --demo); ``counters`` count it per host.
     """
 
     fleet: SimFleet
     bind: str = "127.0.0.1"
     ssl_context: ssl.SSLContext | None = None
     allow_unencrypted: bool = True
+    process_cost: ProcessCost = NO_COST
     endpoints: dict[str, WSManEndpoint] = field(default_factory=dict)
     runners: dict[str, HostRunner] = field(default_factory=dict)
+    counters: dict[str, HostCounters] = field(default_factory=dict)
+    # Builds each host's command runner; replayed captures bring their own (sim.replay.runner_for).
+    runner_factory: Callable[[SimHost], HostRunner] = HostRunner
 
     def start(self) -> None:
         for host in self.fleet.hosts:
-            runner = HostRunner(host)
+            if host.process_cost is None:
+                host.process_cost = self.process_cost
+            counters = self.counters.setdefault(host.computer_name, HostCounters())
+            runner = self.runner_factory(host)
+            runner.counters = counters
             users = _HostUsers(host) if host.password is not None else None
             endpoint = WSManEndpoint(
                 runner,
                 authorize=_authorizer(host) if users is not None else None,
                 psrp_runner=runner.pipeline,
                 configurations=lambda host=host: host.access.configurations(),  # type: ignore[misc]
-                pool_opened=_pool_opened(host),
+                pool_opened=_pool_opened(host, counters, partial(self._pause, host.computer_name)),
                 host=self.bind,
                 port=host.port,
                 users=users,
@@ -444,6 +534,14 @@ class Simulator:
     def stop(self) -> None:
         for endpoint in self.endpoints.values():
             endpoint.stop()
+
+    def _pause(self, computer_name: str, seconds: float) -> None:
+        self.endpoints[computer_name].pause(seconds)  # interrupted by the listener's stop()
+
+    def set_process_cost(self, cost: ProcessCost) -> None:
+        """What a new process costs every host from now on (tests and benchmarks)."""
+        for host in self.fleet.hosts:
+            host.set(process_cost=cost)
 
     def url(self, computer_name: str) -> str:
         return self.endpoints[computer_name].url

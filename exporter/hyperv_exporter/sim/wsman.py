@@ -80,8 +80,8 @@ class WSManEndpoint:
     becomes ``Shell.username``). With ``ssl_context`` the listener serves HTTPS; if that context verifies
     client certificates, pywinrm's ``transport="certificate"`` works too (subject CN = user name, must be
     in ``users``). ``allow_unencrypted=False`` refuses plaintext SOAP over HTTP, like a default Windows
-    listener (AllowUnencrypted=false). ``latency_seconds`` is added before answering every request
-    (settable at any time).
+    listener (AllowUnencrypted=false). ``latency_seconds`` is added to every request's round trip,
+    half before handling it and half before answering (settable at any time).
 
     Beyond the contract: ``chunk_size`` (raw bytes per rsp:Stream), ``max_shells_per_user`` (WinRM's
     MaxShellsPerUser, 30 by default, ``None`` = unlimited), ``shell_idle_timeout`` (default WinRM's

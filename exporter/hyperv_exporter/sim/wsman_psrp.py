@@ -16,8 +16,10 @@ e.g. ``test_psrp_with_jea_configuration.yml``, ``test_psrp_multiple_commands.yml
   carries further fragments (stdin) and host/key-exchange answers (pr); **Signal** ends a pipeline;
   **Delete** closes the pool.
 
-Outgoing fragments are at most 32 KiB (what Windows uses) and a Receive answer never exceeds the
-request's w:MaxEnvelopeSize. What a pipeline does is the host's business: a :data:`PipelineRunner`
+Outgoing fragments are at most 32 KiB (what Windows uses), one per ``rsp:Stream``; runspace-pool
+messages go one per Receive (as in the recordings: SESSION_CAPABILITY, APPLICATION_PRIVATE_DATA,
+RUNSPACEPOOL_STATE each answer a Receive), pipeline messages as many as fit; a Receive answer never
+exceeds the request's w:MaxEnvelopeSize. What a pipeline does is the host's business: a :data:`PipelineRunner`
 gets the commands and returns output strings or an error record. psrpcore is not thread-safe: every
 pool is used under this service's lock.
 """
@@ -212,7 +214,7 @@ class PsrpHost:
             if payload is None:
                 return
             target = str(payload.pipeline_id).upper() if payload.pipeline_id is not None else None
-            pool.queues.setdefault(target, []).append(payload.data)
+            pool.queues.setdefault(target, []).extend(_fragments(payload.data))
 
     def _feed(self, pool: _Pool, data: bytes, pipeline_id: uuid.UUID | None) -> None:
         """Give incoming fragments to psrpcore and act on the events they complete."""
@@ -234,13 +236,14 @@ class PsrpHost:
         pipeline = pool.pipelines.get(command_id)
         if pipeline is None or pipeline.result is not None:
             return
+        started = time.monotonic()  # run_seconds count from the pipeline's start, not the runner's end
         try:
             result = self.runner(pool.info, _commands(pipeline.server))
         except Exception as exc:
             logger.debug("psrp pipeline runner failed", exc_info=True)
             raise soap.RequestError(soap.fault_runner_failed(exc)) from exc
         pipeline.result = result
-        pipeline.ready_at = time.monotonic() + max(result.run_seconds, 0.0)
+        pipeline.ready_at = started + max(result.run_seconds, 0.0)
 
     def _emit(self, pool: _Pool, pipeline: _Pipeline) -> None:
         """The pipeline's output and final state, once its simulated run time has passed."""
@@ -375,7 +378,9 @@ class PsrpHost:
                 break
             parts.append(element)
             avail -= len(element)
-            queue.pop(0)
+            fragment = queue.pop(0)
+            if command_id is None and fragment[16] & _END_FRAGMENT:
+                break  # runspace-pool messages go one per Receive, as a real host sends them
         if not parts and queue:
             raise soap.RequestError(soap.fault_envelope_too_small())
         if command_id is not None and pipeline is not None:
@@ -421,7 +426,22 @@ class PsrpHost:
         return self.delete(req)
 
 
+_END_FRAGMENT = 0x2  # MS-PSRP 2.2.4: the flags byte after ObjectId and FragmentId; 0x1 start, 0x2 end
+
+
+def _fragments(data: bytes) -> list[bytes]:
+    """Split a run of PSRP fragments (ObjectId 8, FragmentId 8, flags 1, length 4 big-endian, blob)."""
+    fragments = []
+    pos = 0
+    while pos + 21 <= len(data):
+        end = pos + 21 + int.from_bytes(data[pos + 17 : pos + 21], "big")
+        fragments.append(data[pos:end])
+        pos = end
+    return fragments
+
+
 def _stream(command_id: str | None, data: bytes) -> str:
+    """One rsp:Stream per fragment, as Windows sends them (pypsrp's recorded conversations)."""
     attr = f' CommandId="{command_id}"' if command_id else ""
     return f'<rsp:Stream Name="stdout"{attr}>{base64.b64encode(data).decode("ascii")}</rsp:Stream>'
 

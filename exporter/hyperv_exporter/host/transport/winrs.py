@@ -33,7 +33,7 @@ from winrm.exceptions import (
 from winrm.protocol import Protocol
 
 from hyperv_exporter import logutil
-from hyperv_exporter.host.script import SCRIPT_ENV, command_line
+from hyperv_exporter.host.script import SCRIPT_ENV, probe_command
 from hyperv_exporter.host.transport.errors import ACCESS_DENIED_HINT, WSMAN_ACCESS_DENIED, ProbeError
 from hyperv_exporter.host.transport.http import (
     DeadlineExceeded,
@@ -57,10 +57,28 @@ class Exchange:
     stderr: bytes
     exit_code: int
     sent: float  # wall clock just before the Command request
-    received: float  # wall clock just after the final Receive
+    received: float  # wall clock just after the first Receive that carried stdout (or the end)
     requests: int  # HTTP requests this run made (including shell set-up)
     new_shell: bool
     failure: str | None = None  # psrp: the pipeline did not complete (state and error records)
+    # Upper bound on the one-way time from the host's last clock reading to ``received``, when the
+    # conversation shows it (see return_leg_bound); None: only the NTP interval bounds the offset.
+    return_leg: float | None = None
+
+
+def return_leg_bound(round_trip: float, output_wait: float) -> float | None:
+    """How long the output can have taken from the host to us, or None when the exchange cannot say.
+
+    ``round_trip`` is the shortest round trip of a request the host answers without waiting for the
+    command (Command, Signal); ``output_wait`` the round trip of the Receive that brought the first
+    stdout. When that Receive took at least twice ``round_trip``, the host held it while the command
+    ran: it answered when the output appeared, so the output's way back is one leg of a round trip,
+    at most ``round_trip``. Otherwise the output may have waited for that Receive, and nothing
+    narrows where the host's reading lies between our send and receive times.
+    """
+    if round_trip <= 0 or output_wait < 2 * round_trip:
+        return None
+    return round_trip
 
 
 class _CountingProtocol(Protocol):
@@ -71,8 +89,38 @@ class _CountingProtocol(Protocol):
 
     def send_message(self, message: str) -> bytes:
         self.session.requests_total += 1
+        # The wire times of the request, without pywinrm's building and parsing of the XML: the
+        # host clock offset is bounded by them.
+        asked = time.time()
         result: bytes = super().send_message(message)
+        self.session.last_wire = (asked, time.time())
         return result
+
+
+# The console host wraps an error row after 78 characters: the row ends in a blank and continues on
+# the next row indented by three blanks, in the middle of a word ("...Contac " + "   t"). The
+# simulator reproduces it (sim/wsman_clixml.py) from pywinrm's recorded fixture.
+_CONSOLE_ROW = 78
+_CONTINUATION = "   "
+_CLIXML_ESCAPE = re.compile(r"_x([0-9A-Fa-f]{4})_")
+
+
+def _clixml_decode(text: str) -> str:
+    """PowerShell's CLIXML string escapes (``_x000D_``, ``_x005F_`` for a literal ``_``) decoded."""
+    return _CLIXML_ESCAPE.sub(lambda m: chr(int(m.group(1), 16)), text)
+
+
+def _unwrap_console_rows(rows: list[str]) -> list[str]:
+    """Rows as PowerShell formatted them, with the console's wrapping undone."""
+    out: list[str] = []
+    wrapped = False
+    for row in rows:
+        if wrapped and out and row.startswith(_CONTINUATION):
+            out[-1] = out[-1][:-1] + row[len(_CONTINUATION) :]
+        else:
+            out.append(row)
+        wrapped = len(row) == _CONSOLE_ROW + 1 and row.endswith(" ")
+    return out
 
 
 def clixml_errors(stderr: bytes, limit: int = 500) -> str:
@@ -87,8 +135,10 @@ def clixml_errors(stderr: bytes, limit: int = 500) -> str:
         body = re.sub(r'\sxmlns="[^"]*"', "", body, count=1)
         try:
             root = safe_fromstring(body)
-            parts = [s.text or "" for s in root.findall("S") if s.get("S") == "Error"]
-            text = "".join(parts).replace("_x000D__x000A_", "\n")
+            rows = [
+                _clixml_decode(s.text or "").removesuffix("\r\n") for s in root.findall("S") if s.get("S") == "Error"
+            ]
+            text = "\n".join(_unwrap_console_rows(rows))
         except Exception:  # any parse failure: fall back to the raw text, never raise from error handling
             log.debug("stderr CLIXML could not be parsed", exc_info=True)
     text = " ".join(text.split())
@@ -172,6 +222,7 @@ class WinRMSession:
         self._shell_used = 0.0
         self.shells_opened = 0
         self.requests_total = 0
+        self.last_wire = (0.0, 0.0)  # (sent, answered) of the latest HTTP request, wall clock
         self.lock = threading.Lock()
 
     # -- plumbing ------------------------------------------------------------------------------
@@ -264,13 +315,18 @@ class WinRMSession:
         return self._protocol, self._shell_id, True
 
     # -- one run -------------------------------------------------------------------------------
-    def collect(self, sections: Sequence[str], gzip: bool, deadline: float) -> Exchange:
-        """Run the collection script for ``sections`` (the prober's entry point, as on ``psrp.PSRPSession``)."""
-        command, args = command_line(sections, gzip)
-        return self.run(command, args, deadline)
+    def collect(self, sections: Sequence[str], gzip: bool, deadline: float, kvp_keys: Sequence[str] = ()) -> Exchange:
+        """Run the collection script for ``sections`` (the prober's entry point, as on ``psrp.PSRPSession``);
+        ``kvp_keys`` go to the host as ``-KvpKeys`` when they fit (``script.probe_command``)."""
+        command, args = probe_command(sections, gzip, kvp_keys)
+        # With -Gzip the script writes its document in one piece after its end clock; without, it
+        # may write it in parts as they are serialised, before that clock is read.
+        return self.run(command, args, deadline, one_write=gzip)
 
-    def run(self, command: str, arguments: Sequence[str], deadline: float) -> Exchange:
-        """Run one command on the kept shell; raises :class:`ProbeError`."""
+    def run(self, command: str, arguments: Sequence[str], deadline: float, *, one_write: bool = True) -> Exchange:
+        """Run one command on the kept shell; raises :class:`ProbeError`. ``one_write``: the command
+        prints its output in one piece after its last clock reading, so its first output bounds that
+        reading (else its last output does)."""
         requests_before = self.requests_total
         attempts = 2  # a reused shell may have expired on the host: re-create it once
         while True:
@@ -278,7 +334,9 @@ class WinRMSession:
             new_shell = False
             try:
                 protocol, shell_id, new_shell = self._shell(deadline)
-                return self._run_on(protocol, shell_id, command, arguments, deadline, requests_before, new_shell)
+                return self._run_on(
+                    protocol, shell_id, command, arguments, deadline, requests_before, new_shell, one_write
+                )
             except ProbeError:
                 self._drop_shell(graceful=True)
                 raise
@@ -304,19 +362,26 @@ class WinRMSession:
         deadline: float,
         requests_before: int,
         new_shell: bool,
+        one_write: bool,
     ) -> Exchange:
         self._arm(protocol, deadline)
-        sent = time.time()
         command_id = protocol.run_command(shell_id, command, list(arguments))
+        sent, answered = self.last_wire
+        round_trip = answered - sent
         stdout: list[bytes] = []
         stderr: list[bytes] = []
         size = 0
+        received: float | None = None  # the host's last clock reading precedes this output's arrival
+        output_wait: float | None = None
         while True:
             self._arm(protocol, deadline)
             try:
                 out, err, exit_code, done = protocol.get_command_output_raw(shell_id, command_id)
             except WinRMOperationTimeoutError:
                 continue  # the host is still working; Receive again until our deadline
+            if (out or done) and (received is None or not one_write):
+                asked, received = self.last_wire
+                output_wait = received - asked if one_write else None
             size += len(out) + len(err)
             if size > self.settings.max_output_bytes:
                 self._signal(protocol, shell_id, command_id, deadline)
@@ -325,8 +390,8 @@ class WinRMSession:
             stderr.append(err)
             if done:
                 break
-        received = time.time()
-        self._signal(protocol, shell_id, command_id, deadline)
+        received = received if received is not None else time.time()  # set by the Receive that said done
+        round_trip = min(round_trip, self._signal(protocol, shell_id, command_id, deadline))
         self._shell_used = time.monotonic()
         return Exchange(
             stdout=b"".join(stdout),
@@ -336,10 +401,14 @@ class WinRMSession:
             received=received,
             requests=self.requests_total - requests_before,
             new_shell=new_shell,
+            return_leg=None if output_wait is None else return_leg_bound(round_trip, output_wait),
         )
 
-    def _signal(self, protocol: _CountingProtocol, shell_id: str, command_id: str, deadline: float) -> None:
+    def _signal(self, protocol: _CountingProtocol, shell_id: str, command_id: str, deadline: float) -> float:
+        """Signal terminate; returns its round trip (the host answers it at once)."""
         # Signal terminate releases the command's resources on the host; the shell stays open.
         # It may use a second past the deadline: skipping it would leak the command on the host.
         self._arm(protocol, deadline + 1.0)
         protocol.cleanup_command(shell_id, command_id)
+        asked, answered = self.last_wire
+        return answered - asked
