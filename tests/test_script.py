@@ -83,3 +83,42 @@ def test_script_emits_enum_names_and_arrays() -> None:
     assert """+ ',"VMs":[')""" in text  # zero or one VM: still an array
     assert "ConvertTo-Json -InputObject $batch" in text  # each batch an array, also with one VM
     assert "$ProgressPreference = 'SilentlyContinue'" in text
+
+
+def test_script_hash_ignores_line_ends_bom_and_the_stamp() -> None:
+    """The hash the script reports is computed the same way by the exporter and the deploy script."""
+    text = script.script_text()
+    own = script.script_hash()
+    assert re.fullmatch(r"[0-9a-f]{64}", own)
+    assert script.text_hash(text) == own
+    assert script.text_hash("\ufeff" + text.replace("\n", "\r\n")) == own
+    assert script.text_hash(script.HASH_LINE.sub("$scriptHash = 'abc'", text)) == own
+    assert script.text_hash(text.replace("Get-VM", "Get-VM ", 1)) != own
+
+
+def test_script_carries_one_stamp_and_the_release_version() -> None:
+    from importlib import resources
+
+    from hyperv_exporter import __version__
+
+    shipped = resources.files("hyperv_exporter.host").joinpath("collect.ps1").read_text(encoding="utf-8")
+    assert script.HASH_LINE.findall(shipped) == ["$scriptHash = ''"]  # shipped unstamped
+    assert script.HASH_LINE.findall(script.script_text()) == [f"$scriptHash = '{script.script_hash()}'"]
+    assert script.script_version() == __version__, "bump $scriptVersion in collect.ps1 with the release"
+    assert "ScriptVersion = $scriptVersion" in shipped and "ScriptHash = $scriptHash" in shipped
+
+
+def test_script_avoids_commands_jea_constrains() -> None:
+    """In a JEA session these are constrained proxies, also when called from the endpoint's function
+    (role-capabilities.md); collect.ps1 must not need them."""
+    text = script.script_text()
+    for name in ("Select-Object", "Measure-Object", "Get-Command", "Get-FormatData", "Get-Help", "Out-Default"):
+        assert not re.search(rf"(?<![\w\\-]){name}\b", text, re.IGNORECASE), name
+
+
+def test_script_output_is_pipeline_output_in_a_remote_session() -> None:
+    """Over PSRP (and on the JEA endpoint) the console is wsmprovhost's: the document must be output."""
+    text = script.script_text()
+    # Only powershell.exe (WinRS) has a console host; a remote runspace's host is ServerRemoteHost.
+    assert "$toConsole = $Host.Name -eq 'ConsoleHost'" in text
+    assert "if ($toConsole) { [Console]::Out.Write($output) } else { $output }" in text

@@ -36,6 +36,12 @@ param(
 
 $ErrorActionPreference = 'Stop'
 $ProgressPreference = 'SilentlyContinue'
+# Which copy of this script runs, so that the exporter notices a JEA endpoint registered from an older
+# release. The version is the hyperv-exporter release; whoever hands the script to PowerShell stamps
+# the hash (the exporter in the text it sends, deploy/windows/HyperVExporterEndpoint.ps1 in the
+# endpoint's function): SHA-256 of this file with LF line ends and this line's value left empty.
+$scriptVersion = '0.1.0'
+$scriptHash = ''
 # The host clock at the script's first line. Over PSRP (a kept runspace) the process is already
 # running; over WinRS it just started, and this reading comes after its start-up, so the exporter
 # does not take the offset from the midpoint there (host/collectors/host.py).
@@ -300,6 +306,8 @@ function Write-Part([string]$Text) {
 # The members before and after VMs are serialised as objects and cut open: {"SchemaVersion":1,...,"VMs":[
 $head = [ordered]@{
     SchemaVersion = 1
+    ScriptVersion = $scriptVersion
+    ScriptHash = $scriptHash
     Host = $hostInfo
 }
 $json = ConvertTo-Json -InputObject $head -Depth 8 -Compress

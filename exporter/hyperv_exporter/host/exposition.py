@@ -7,6 +7,8 @@ blackbox_exporter convention)::
     hyperv_probe_duration_seconds 0.41
     hyperv_probe_timeout_seconds 9.5
     hyperv_probe_winrm_requests 3
+    hyperv_collection_script_info{version="0.1.0",hash="d87899bdcb9a"} 1   (when the host answered)
+    hyperv_collection_script_outdated 0
     hyperv_last_success_timestamp_seconds 1.7e9
     hyperv_collector_success{collector="kvp"} 1
     hyperv_collector_duration_seconds{collector="kvp"} 0.08    (time the collector's queries took on the host)
@@ -24,8 +26,10 @@ from dataclasses import dataclass
 from prometheus_client.core import Metric
 
 from hyperv_exporter import logutil, openmetrics
+from hyperv_exporter.host import script
 from hyperv_exporter.host.collectors import COLLECTORS
 from hyperv_exporter.host.collectors.base import CollectorContext, Escaped, Family, single
+from hyperv_exporter.host.model import HostReport
 from hyperv_exporter.host.probe import ProbeResult
 
 log = logging.getLogger(__name__)
@@ -55,6 +59,26 @@ class _Output:
     text: str
 
 
+def _script_families(report: HostReport) -> list[Family]:
+    """Which collect.ps1 the host ran, and whether it is another than the exporter's own (an
+    outdated JEA endpoint). From the report itself, so also when every section failed."""
+    info = Family(
+        "hyperv_collection_script",
+        "The collection script the host ran: its release and the first 12 hex digits of its hash "
+        "(empty when the host's copy predates these fields). Present when the host answered with a report.",
+        ("version", "hash"),
+        kind="info",
+    )
+    info.add(((report.script_version or "")[:32], script.short_hash(report.script_hash)), 1.0)
+    outdated = single(
+        "hyperv_collection_script_outdated",
+        "1 when the host ran another collection script than this exporter's collect.ps1 (a JEA endpoint "
+        "registered from another release: update it), else 0. Present when the host answered with a report.",
+        1.0 if report.script_outdated else 0.0,
+    )
+    return [info, outdated]
+
+
 def _probe_families(result: ProbeResult, timeout: float, last_success: float | None) -> list[Family]:
     families = [
         single("hyperv_up", "1 when the Hyper-V host answered over WinRM and its output parsed, else 0.",
@@ -66,6 +90,8 @@ def _probe_families(result: ProbeResult, timeout: float, last_success: float | N
         single("hyperv_probe_winrm_requests", "HTTP requests the WinRM conversation took (3 with a kept shell).",
                float(result.requests)),
     ]  # fmt: skip
+    if result.report is not None:
+        families += _script_families(result.report)
     if last_success is not None:
         families.append(
             single(

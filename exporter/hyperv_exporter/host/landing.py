@@ -30,6 +30,27 @@ def _e(value: object) -> str:
     return html.escape(str(value), quote=True)
 
 
+def _outdated_hosts(history: Iterable[ProbeSummary]) -> str:
+    """A warning naming every host whose latest successful probe ran another collect.ps1 than ours."""
+    latest: dict[tuple[str, str], ProbeSummary] = {}
+    for result in history:  # newest first
+        if result.ok:
+            latest.setdefault((result.module, result.target.lower()), result)
+    items = [
+        f"<li><code>{_e(r.module)}</code> {_e(r.target)}: {_e(r.script_warning)}</li>"
+        for r in latest.values()
+        if r.script_warning
+    ]
+    if not items:
+        return ""
+    return (
+        '<h2 class="fail" id="outdated">Outdated collection script</h2>\n'
+        "<p>These hosts ran another <code>collect.ps1</code> than this exporter's own "
+        "(see docs/security.md, JEA endpoint):</p>\n"
+        f"<ul>{''.join(items)}</ul>\n"
+    )
+
+
 def render_landing(
     modules: Mapping[str, Module],
     collectors: Iterable[str],
@@ -71,6 +92,8 @@ def render_landing(
             detail = f"{result.vms} VMs, {result.requests} WinRM requests"
             if result.shared:
                 detail += " (shared result)"
+            if result.script_warning:
+                detail += f'<br><span class="fail">{_e(result.script_warning)}</span>'
         probes.append(
             "<tr>"
             f"<td>{_e(time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(result.started)))}</td>"
@@ -78,6 +101,7 @@ def render_landing(
             f"<td>{status}</td><td>{result.duration:.3f}s</td><td>{detail}</td>"
             "</tr>"
         )
+    outdated = _outdated_hosts(history)
     links = "".join(f'<li><a href="{_e(href)}">{_e(text)}</a></li>' for href, text in extra_links)
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>Hyper-V Exporter</title><style>{_STYLE}</style></head>
@@ -90,7 +114,7 @@ def render_landing(
 <li><a href="/config">Configuration</a> (secrets redacted)</li>
 {links}
 </ul>
-<h2>Modules</h2>
+{outdated}<h2>Modules</h2>
 <table id="modules">
 <tr><th>Module</th><th>Allowed targets</th><th>WinRM</th><th>Timeout</th><th>Collectors</th><th></th></tr>
 {"".join(rows)}

@@ -110,6 +110,11 @@ class HostReport:
     clock_start: float | None  # host clock (Unix seconds) when the script started
     clock_end: float | None  # host clock (Unix seconds) just before it printed its output
     problems: list[str] = field(default_factory=list)  # data the parser had to drop, with where and why
+    # Which collect.ps1 ran (ScriptVersion, ScriptHash; None when the report has none: a copy older
+    # than these fields) and whether it is another than the exporter's own (an outdated JEA endpoint).
+    script_version: str | None = None
+    script_hash: str | None = None
+    script_outdated: bool = False
     # Section -> how many VMs lost their data in it (collect.ps1's VMProblems), for
     # hyperv_collector_vm_problems.
     vm_problems: dict[str, int] = field(default_factory=dict)

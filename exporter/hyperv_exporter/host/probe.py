@@ -86,6 +86,7 @@ class ProbeSummary:
     requests: int
     shared: bool
     vms: int | None  # None when there was no report
+    script_warning: str | None = None  # the host ran another collect.ps1 than ours (an outdated JEA endpoint)
 
     @property
     def ok(self) -> bool:
@@ -103,7 +104,14 @@ class ProbeSummary:
             requests=result.requests,
             shared=result.shared,
             vms=None if result.report is None else len(result.report.vms),
+            script_warning=_script_warning(result.report),
         )
+
+
+def _script_warning(report: HostReport | None) -> str | None:
+    if report is None or not report.script_outdated:
+        return None
+    return script.outdated_message(report.script_version, report.script_hash)
 
 
 @dataclass
@@ -117,6 +125,7 @@ class _Entry:
     last_good: ProbeResult | None = None
     refresher: threading.Thread | None = None
     seen_problems: set[str] = field(default_factory=set)
+    warned_script: str | None = None  # the outdated script hash already warned about (once per host)
 
 
 class Prober:
@@ -322,7 +331,20 @@ class Prober:
         if result.report is not None and result.report.problems:
             m.parse_problems.labels(module.name).inc(len(result.report.problems))
             self._log_problems(module, target, result.report.problems)
+        if result.report is not None and counted:
+            self._warn_script(module, target, result.report)
         self.history.appendleft(ProbeSummary.of(result))
+
+    def _warn_script(self, module: Module, target: str, report: HostReport) -> None:
+        # Once per host and outdated copy, not on every probe: the metric says it continuously.
+        entry = self._entries.get(self._key(module, target))
+        if entry is None:
+            return
+        if not report.script_outdated:
+            entry.warned_script = None
+        elif entry.warned_script != (report.script_hash or ""):
+            entry.warned_script = report.script_hash or ""
+            log.warning("%s", _script_warning(report), extra=logutil.fields(module=module.name, target=target))
 
     def _log_problems(self, module: Module, target: str, problems: list[str]) -> None:
         # Each distinct problem is logged once per host at warning level, then only at debug, so a

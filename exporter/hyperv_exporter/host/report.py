@@ -26,7 +26,7 @@ from functools import lru_cache
 from typing import Any
 
 from hyperv_exporter import enums
-from hyperv_exporter.host import cimxml, icversion
+from hyperv_exporter.host import cimxml, icversion, script
 from hyperv_exporter.host.model import (
     KVP_GUEST,
     KVP_GUEST_INTRINSIC,
@@ -431,6 +431,7 @@ def parse_report(
             continue
         seen_ids.add(vm.id)
         vms.append(vm)
+    script_hash = top.text("ScriptHash")
     return HostReport(
         host=HostInfo(
             computer_name=host.text("ComputerName"),
@@ -444,5 +445,8 @@ def parse_report(
         clock_start=ticks_to_unix(doc.get("ClockStartTicks")),
         clock_end=ticks_to_unix(doc.get("ClockEndTicks")),
         problems=problems,
+        script_version=top.text("ScriptVersion"),
+        script_hash=script_hash,
+        script_outdated=script_hash != script.script_hash(),
         vm_problems=vm_problems,
     )

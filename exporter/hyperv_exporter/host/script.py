@@ -8,6 +8,13 @@ and each probe runs a short loader that turns that variable into a script block:
     & ([ScriptBlock]::Create($env:HYPERV_EXPORTER_SCRIPT)) -Collectors 'vm,kvp' -Gzip
 
 The shell is kept open across probes, so the script is not re-sent on every probe either.
+
+The script reports which copy of it ran (``ScriptVersion``, ``ScriptHash``): on a JEA endpoint it
+is the copy registered on the host (``deploy/windows/HyperVExporterEndpoint.ps1``), which can be
+older than the exporter's. The hash is the SHA-256 of the script's *canonical* text (LF line ends,
+no BOM, the ``$scriptHash`` line's value empty); the exporter stamps it into the text it sends and
+the deploy script into the endpoint's function, both computed the same way, so comparing the
+reported hash with :func:`script_hash` tells whether the host runs this exporter's script.
 """
 
 from __future__ import annotations
@@ -53,16 +60,67 @@ class Invocation:
     kvp_keys: tuple[str, ...] | None = None  # -KvpKeys: only KVP items that may carry these keys
 
 
+# The stamp line and the version line in collect.ps1 (deploy/windows/HyperVExporterEndpoint.ps1 uses
+# the same pattern; keep them in step).
+HASH_LINE = re.compile(r"^\$scriptHash = '[0-9a-f]*'$", re.MULTILINE)
+_VERSION_LINE = re.compile(r"^\$scriptVersion = '([^']*)'$", re.MULTILINE)
+_UNSTAMPED = "$scriptHash = ''"
+
+
+def canonical_text(text: str) -> str:
+    """``text`` as it is hashed: no BOM, LF line ends, the hash stamp emptied."""
+    return HASH_LINE.sub(_UNSTAMPED, text.removeprefix("\ufeff").replace("\r\n", "\n"), count=1)
+
+
+def text_hash(text: str) -> str:
+    """The collection script's hash as the script reports it (lower-case hex SHA-256)."""
+    return hashlib.sha256(canonical_text(text).encode("utf-8")).hexdigest()
+
+
+@lru_cache(maxsize=1)
+def _shipped_text() -> str:
+    text = resources.files("hyperv_exporter.host").joinpath("collect.ps1").read_text(encoding="utf-8")
+    return canonical_text(text)
+
+
+@lru_cache(maxsize=1)
+def script_hash() -> str:
+    """The hash of this exporter's own collect.ps1."""
+    return text_hash(_shipped_text())
+
+
+@lru_cache(maxsize=1)
+def script_version() -> str:
+    """The release this exporter's collect.ps1 belongs to (its ``$scriptVersion`` line)."""
+    match = _VERSION_LINE.search(_shipped_text())
+    return match.group(1) if match else ""
+
+
 @lru_cache(maxsize=1)
 def script_text() -> str:
-    """The shipped script, with LF line ends (XML transport normalises CR LF to LF anyway)."""
-    text = resources.files("hyperv_exporter.host").joinpath("collect.ps1").read_text(encoding="utf-8")
-    return text.replace("\r\n", "\n")
+    """The script as the exporter sends it: LF line ends (XML transport normalises CR LF to LF
+    anyway), its own hash stamped in."""
+    return HASH_LINE.sub(f"$scriptHash = '{script_hash()}'", _shipped_text(), count=1)
 
 
 def script_digest(text: str | None = None) -> str:
     """SHA-256 of a script text after line-end normalisation; the simulator uses it to recognise ours."""
     return hashlib.sha256((script_text() if text is None else text).replace("\r\n", "\n").encode()).hexdigest()
+
+
+def short_hash(value: str | None) -> str:
+    """The first 12 hex digits, as the log, the landing page and the metric label show a hash."""
+    return (value or "")[:12]
+
+
+def outdated_message(version: str | None, reported_hash: str | None) -> str:
+    """What the log and the landing page say about a host that ran another copy of collect.ps1."""
+    theirs = f"{(version or 'unknown')[:32]} (hash {short_hash(reported_hash) or 'none'})"
+    return (
+        f"the host ran collection script {theirs}, not this exporter's {script_version()} "
+        f"(hash {short_hash(script_hash())}): its JEA endpoint is outdated; update it with "
+        "deploy/windows/HyperVExporterEndpoint.ps1 -Update and this release's collect.ps1"
+    )
 
 
 def quote(text: str) -> str:

@@ -22,6 +22,7 @@ never from the exporter's: the tests compare the two.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import os
 import threading
 import time
@@ -33,6 +34,7 @@ from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape
 
+from hyperv_exporter.host import script
 from hyperv_exporter.sim import tables
 from hyperv_exporter.sim.accounts import SIMULATOR_KEYS, HostAccounts, default_accounts, parse_accounts
 from hyperv_exporter.sim.cost import ProcessCost
@@ -190,6 +192,10 @@ class SimHost:
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
     # Output faults for resilience tests (see sim.host.OUTPUT_FAULTS); None = answer normally.
     output_fault: str | None = None
+    # The release whose collect.ps1 the host's JEA endpoint was registered from, when not the
+    # exporter's own (None): the host then reports that version and another hash, so tests can show
+    # the outdated-endpoint warning. Applied to every protocol, as only the report fields matter.
+    collect_script_version: str | None = None
     # WinRS MaxMemoryPerShellMB: a run whose modelled peak (sim.scale.MODEL) exceeds it fails with the
     # OutOfMemoryException a real host gives. None: not enforced.
     max_memory_per_shell_mb: int | None = None
@@ -382,6 +388,15 @@ class SimHost:
             ]
         return record
 
+    def _script_fields(self) -> dict[str, str]:
+        version = self.collect_script_version
+        if version is None:
+            return {"ScriptVersion": script.script_version(), "ScriptHash": script.script_hash()}
+        return {
+            "ScriptVersion": version,
+            "ScriptHash": hashlib.sha256(f"hyperv-sim: collect.ps1 of release {version}".encode()).hexdigest(),
+        }
+
     def document(self, sections: Iterable[str], started: float) -> dict[str, Any]:
         """What collect.ps1 builds on this host for ``-Collectors <sections>``; ClockEndTicks is added
         by the caller after serialisation, as the script does."""
@@ -403,6 +418,7 @@ class SimHost:
                 rows.append(self._vm_record(vm, wanted, now, lost))
             return {
                 "SchemaVersion": 1,
+                **self._script_fields(),
                 "Host": {
                     "ComputerName": self.computer_name,
                     "OSCaption": self.os_caption,
@@ -546,7 +562,7 @@ def _host(node: Node, base: Path, now: float) -> SimHost:
     keys = node.mapping(HOST_KEYS, required=["ComputerName"])
     sim = keys["Simulator"].mapping(
         ["Port", "Username", "PasswordFile", "PasswordEnv", "LatencySeconds", "RunSeconds", "MaxMemoryPerShellMB",
-         "ProcessStartSeconds", "ModuleImportSeconds", *SIMULATOR_KEYS]
+         "ProcessStartSeconds", "ModuleImportSeconds", "CollectScriptVersion", *SIMULATOR_KEYS]
     ) if "Simulator" in keys else {}  # fmt: skip
     process_cost = None
     if "ProcessStartSeconds" in sim or "ModuleImportSeconds" in sim:
@@ -579,6 +595,7 @@ def _host(node: Node, base: Path, now: float) -> SimHost:
         password=_password(sim, base),
         latency=sim["LatencySeconds"].number(minimum=0) if "LatencySeconds" in sim else 0.0,
         run_seconds=sim["RunSeconds"].number(minimum=0) if "RunSeconds" in sim else 0.05,
+        collect_script_version=sim["CollectScriptVersion"].string() if "CollectScriptVersion" in sim else None,
         process_cost=process_cost,
         access=parse_accounts(sim, username),
         max_memory_per_shell_mb=sim["MaxMemoryPerShellMB"].integer(1) if "MaxMemoryPerShellMB" in sim else None,
