@@ -176,6 +176,7 @@ def start(args: argparse.Namespace) -> Running:
         extra_links=[("/sd", "Service discovery of guest agents")] if _has_discovery(config) else [],
     )
     server = WebServer(args.web_listen_address, app, web_config_file=args.web_config_file, name="hyperv-exporter")
+    server.bind_reload_gauge(metrics.web_reload_success)
     try:
         server.start()
     except BaseException:

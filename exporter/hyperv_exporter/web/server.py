@@ -25,7 +25,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any, cast
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from .auth import BasicAuthenticator, parse_basic_auth
+from prometheus_client import CollectorRegistry, Gauge
+
+from .auth import BasicAuthenticator, FailureThrottle, parse_basic_auth
 from .config import WebConfig
 from .listen import ListenAddress, open_listener, parse_listen_address
 from .messages import Handler, Headers, Request, Response
@@ -76,8 +78,10 @@ class _ServerState:
         self.tls = tls
         self.static = Runtime(config=WebConfig())
         self.authenticator = BasicAuthenticator()
+        self.throttle = FailureThrottle()
         self.connections: set[socket.socket] = set()
         self.lock = threading.Lock()
+        self.stopping = threading.Event()
 
     def runtime(self) -> Runtime:
         return self.watcher.current() if self.watcher is not None else self.static
@@ -266,6 +270,9 @@ class _ConnectionHandler(http.server.BaseHTTPRequestHandler):
         if config.basic_auth_users:
             credentials = parse_basic_auth(self.headers.get("Authorization"))
             if credentials is None or not self.state.authenticator.check(config.basic_auth_users, *credentials):
+                if credentials is not None:
+                    # Slows the flood's own connection down; its thread sleeps, the CPU stays free.
+                    self.state.stopping.wait(self.state.throttle.failed(_client_ip(self.client_address[0])))
                 realm = self.state.name.replace("\\", "\\\\").replace('"', '\\"')
                 denied = Response(
                     status=401, body="Unauthorized\n", headers={"WWW-Authenticate": f'Basic realm="{realm}"'}
@@ -394,6 +401,16 @@ def _client_ip(host: str) -> str:
     return host
 
 
+def web_config_reload_gauge(prefix: str, registry: CollectorRegistry) -> Gauge:
+    """``{prefix}_web_config_last_reload_successful``, the same in both programs."""
+    return Gauge(
+        f"{prefix}_web_config_last_reload_successful",
+        "0 after a change to --web.config.file was refused (invalid, empty, or weakening auth or TLS); "
+        "the previous web config stays in force.",
+        registry=registry,
+    )
+
+
 class WebServer:
     """Serves ``handler`` on every listen address, with the TLS, auth and limits of a toolkit web config.
 
@@ -488,6 +505,8 @@ class WebServer:
         if self._stopping.is_set():
             return
         self._stopping.set()
+        if self._state is not None:
+            self._state.stopping.set()
         if self._wake is not None:
             with contextlib.suppress(OSError):
                 self._wake[1].send(b"x")
@@ -505,6 +524,16 @@ class WebServer:
         if self._wake is not None:
             for end in self._wake:
                 end.close()
+
+    @property
+    def web_config_reload_successful(self) -> bool:
+        """False after a change to the web config was refused (invalid, or weakening security)."""
+        watcher = self._state.watcher if self._state is not None else None
+        return watcher is None or watcher.last_reload_successful
+
+    def bind_reload_gauge(self, gauge: Gauge) -> None:
+        """Make ``gauge`` (from :func:`web_config_reload_gauge`) report :attr:`web_config_reload_successful`."""
+        gauge.set_function(lambda: 1.0 if self.web_config_reload_successful else 0.0)
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
