@@ -390,6 +390,7 @@ def run_http(agent: Agent, args: argparse.Namespace, stop: threading.Event) -> i
         make_handler(agent.registry, agent.collectors),
         web_config_file=args.web_config_file,
         name="hyperv-guest-agent",
+        max_connections=args.web_max_connections,
     )
     server.bind_reload_gauge(web_config_reload_gauge("hyperv_guest", agent.registry))
     try:
