@@ -20,6 +20,9 @@ IN_CI = os.environ.get("HYPERV_EXPORTER_CI") == "1"
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--update-golden", action="store_true", help="rewrite tests/golden/* from the current output")
+    parser.addoption(
+        "--update-screenshot", action="store_true", help="rewrite docs/images/landing.png from a new screenshot"
+    )
 
 
 def require_tool(name: str) -> str:
