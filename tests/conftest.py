@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from hyperv_exporter.host.cli import Running, build_parser, start
+from hyperv_exporter.sim.cost import NO_COST
 from hyperv_exporter.sim.host import SIM_WINRM, exporter_config
 from pki import Pki
 
@@ -39,6 +40,9 @@ def require_tool(name: str) -> str:
 def demo() -> Iterator[Running]:
     """The exporter in --demo mode on a free loopback port, with its simulated fleet."""
     running = start(build_parser().parse_args(["--demo", "--web.listen-address", "127.0.0.1:0"]))
+    assert running.simulator is not None
+    # --demo charges a real host's process start-up (seconds per WinRS probe); tests don't wait for it.
+    running.simulator.set_process_cost(NO_COST)
     try:
         yield running
     finally:
@@ -158,7 +162,8 @@ class ConfigurableStack(Stack):
     keys (4-space indent). ``{password_file}`` in either is replaced by the password file's path.
     """
 
-    DEFAULT_WINRM = """      scheme: http
+    DEFAULT_WINRM = """      protocol: winrs
+      scheme: http
       transport: basic
       allow_unencrypted: true
       message_encryption: never

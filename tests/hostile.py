@@ -2,8 +2,8 @@
 (redirectors, a trap that counts every connection, answers without authentication, garbage error
 bodies), a name resolver that hangs, and the ways each protocol's client is driven against them.
 
-Every test in ``test_hostile_hosts.py`` runs once per entry of :data:`PROTOCOLS` (and per auth
-transport): a new protocol (PSRP) adds one function here and inherits every case.
+Every test in ``test_hostile_hosts.py`` runs once per entry of :data:`PROTOCOLS` (winrs and psrp,
+and per auth transport): a new protocol adds its session class here and inherits every case.
 """
 
 from __future__ import annotations
@@ -13,11 +13,12 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from hyperv_exporter.host.transport.errors import ProbeError
+from hyperv_exporter.host.transport.psrp import PSRPSession
 from hyperv_exporter.host.transport.settings import Secret, WinRMSettings
 from hyperv_exporter.host.transport.winrs import WinRMSession
 
@@ -132,9 +133,10 @@ class HangingResolver:
 # -- driving each protocol ------------------------------------------------------------------------
 
 
-def settings_for(transport: str, scheme: str, **extra: object) -> WinRMSettings:
+def settings_for(transport: str, scheme: str, protocol: str = "winrs", **extra: object) -> WinRMSettings:
     """The settings of a module using ``transport`` over ``scheme`` (certificates via ``extra``)."""
     return WinRMSettings(
+        protocol=protocol,
         scheme=scheme,
         transport=transport,
         username="monitor",
@@ -145,18 +147,16 @@ def settings_for(transport: str, scheme: str, **extra: object) -> WinRMSettings:
     )
 
 
-def probe_winrs(url: str, settings: WinRMSettings, timeout: float = 5.0) -> ProbeError:
-    """One WinRS run against ``url``; the ProbeError it must end with."""
-    session = WinRMSession(url, settings, "script")
+# Every protocol the exporter speaks; each hostile case runs once per entry.
+SESSIONS: dict[str, type[WinRMSession] | type[PSRPSession]] = {"winrs": WinRMSession, "psrp": PSRPSession}
+PROTOCOLS = sorted(SESSIONS)
+
+
+def probe(protocol: str, url: str, settings: WinRMSettings, timeout: float = 5.0) -> ProbeError:
+    """One collection with ``protocol`` against ``url``; the ProbeError it must end with."""
+    session = SESSIONS[protocol](url, replace(settings, protocol=protocol), "script")
     try:
-        session.run("powershell.exe", ["-NoProfile"], time.monotonic() + timeout)
+        session.collect(["host"], False, time.monotonic() + timeout)
     except ProbeError as exc:
         return exc
-    finally:
-        session._drop_shell(graceful=False)
-    raise AssertionError("the run against a hostile listener succeeded")
-
-
-# Every protocol the exporter speaks, as "probe this URL with these settings, return the error".
-# h11a-psrp: add "psrp": probe_psrp.
-PROTOCOLS: dict[str, Callable[[str, WinRMSettings], ProbeError]] = {"winrs": probe_winrs}
+    raise AssertionError("the collection from a hostile listener succeeded")

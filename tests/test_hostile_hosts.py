@@ -28,6 +28,7 @@ from hostile import (
     HostileServer,
     hostile,
     ntlm_trap,
+    probe,
     settings_for,
 )
 from hyperv_exporter.host.cli import Running, build_parser, start
@@ -56,7 +57,7 @@ def trap_for(pki: Pki) -> Iterator[dict[str, HostileServer]]:
             trap.stop()
 
 
-@pytest.mark.parametrize("protocol", sorted(PROTOCOLS))
+@pytest.mark.parametrize("protocol", PROTOCOLS)
 @pytest.mark.parametrize(("transport", "scheme"), TRANSPORTS)
 @pytest.mark.parametrize("status", REDIRECTS)
 def test_a_redirect_is_never_followed(
@@ -66,7 +67,7 @@ def test_a_redirect_is_never_followed(
     context = pki.server_context(client_ca=pki.ca) if scheme == "https" else None
     with hostile(Answer(status, {"Location": trap.url}), context) as redirector:
         extra = _tls_extra(pki, transport) if scheme == "https" else {}
-        error = PROTOCOLS[protocol](redirector.url, settings_for(transport, scheme, **extra))
+        error = probe(protocol, redirector.url, settings_for(transport, scheme, **extra))
     assert error.reason == "redirect", error
     assert f"HTTP {status}" in str(error) and trap.url in str(error)
     assert trap.connections == 0 and trap.requests == []
@@ -74,12 +75,13 @@ def test_a_redirect_is_never_followed(
     assert PASSWORD not in str(error)
 
 
-def test_a_redirect_through_the_exporter_is_a_probe_failure(tmp_path: Path) -> None:
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_a_redirect_through_the_exporter_is_a_probe_failure(tmp_path: Path, protocol: str) -> None:
     """End to end: an allowlisted target that redirects gets hyperv_up 0, reason redirect, and the
     unlisted trap address sees nothing."""
     trap = ntlm_trap()
     with hostile(Answer(302, {"Location": trap.url})) as redirector:
-        running = _exporter(tmp_path, f"127.0.0.1:{redirector.port}", "ntlm")
+        running = _exporter(tmp_path, f"127.0.0.1:{redirector.port}", "ntlm", protocol=protocol)
         try:
             body = _get(running.server.urls[0] + f"/probe?module=m&target=127.0.0.1:{redirector.port}")
             metrics = _get(running.server.urls[0] + "/metrics")
@@ -94,16 +96,16 @@ def test_a_redirect_through_the_exporter_is_a_probe_failure(tmp_path: Path) -> N
 # -- answers that skip authentication or are garbage ----------------------------------------------------
 
 
-@pytest.mark.parametrize("protocol", sorted(PROTOCOLS))
+@pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_ntlm_answered_without_authentication_is_an_auth_error(protocol: str) -> None:
     with hostile(Answer(200, {"Content-Type": "text/plain"}, b"hello\x1b[2J")) as server:
-        error = PROTOCOLS[protocol](server.url, settings_for("ntlm", "http"))
+        error = probe(protocol, server.url, settings_for("ntlm", "http"))
     assert error.reason == "auth", error
     assert "HTTP 200 without an NTLM authentication step" in str(error)
     assert "AttributeError" not in str(error) and "\x1b" not in str(error)
 
 
-@pytest.mark.parametrize("protocol", sorted(PROTOCOLS))
+@pytest.mark.parametrize("protocol", PROTOCOLS)
 @pytest.mark.parametrize(("transport", "scheme"), [("basic", "http"), ("basic", "https")])
 def test_an_error_body_that_is_not_utf8_gets_status_and_a_clean_excerpt(
     pki: Pki, protocol: str, transport: str, scheme: str
@@ -112,7 +114,7 @@ def test_an_error_body_that_is_not_utf8_gets_status_and_a_clean_excerpt(
     context = pki.server_context() if scheme == "https" else None
     with hostile(Answer(500, {"Content-Type": "text/html"}, garbage), context) as server:
         extra = _tls_extra(pki, transport) if scheme == "https" else {}
-        error = PROTOCOLS[protocol](server.url, settings_for(transport, scheme, **extra))
+        error = probe(protocol, server.url, settings_for(transport, scheme, **extra))
     message = str(error)
     assert error.reason == "winrm_fault" and "HTTP 500" in message, message
     assert "Internal" in message and "error" in message
@@ -133,12 +135,12 @@ def hanging_resolver(monkeypatch: pytest.MonkeyPatch) -> Iterator[HangingResolve
         resolver.release.set()
 
 
-@pytest.mark.parametrize("protocol", sorted(PROTOCOLS))
+@pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_a_hanging_name_lookup_ends_at_the_deadline_once_per_name(
     hanging_resolver: HangingResolver, protocol: str
 ) -> None:
     errors = [
-        PROTOCOLS[protocol]("http://hv-hang.corp.example:5985/wsman", settings_for("basic", "http"), 0.3)
+        probe(protocol, "http://hv-hang.corp.example:5985/wsman", settings_for("basic", "http"), 0.3)
         for _ in range(4)
     ]
     assert {e.reason for e in errors} == {"dns"}
@@ -152,13 +154,13 @@ def test_a_hanging_name_lookup_ends_at_the_deadline_once_per_name(
     assert http.RESOLVER.pending() == 0
 
 
-@pytest.mark.parametrize("protocol", sorted(PROTOCOLS))
+@pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_a_name_that_does_not_resolve_is_a_dns_error(monkeypatch: pytest.MonkeyPatch, protocol: str) -> None:
     def nxdomain(host: str, port: int, *args: object) -> list[tuple[object, ...]]:
         raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
 
     monkeypatch.setattr(http.RESOLVER, "getaddrinfo", nxdomain)
-    error = PROTOCOLS[protocol]("http://hv-none.corp.example:5985/wsman", settings_for("basic", "http"))
+    error = probe(protocol, "http://hv-none.corp.example:5985/wsman", settings_for("basic", "http"))
     assert error.reason == "dns" and "Name or service not known" in str(error), error
 
 
@@ -167,13 +169,16 @@ def test_the_resolver_is_used_with_the_addresses_it_answers(monkeypatch: pytest.
     with hostile(Answer(307, {"Location": "http://127.0.0.2:1/wsman"})) as server:
         answer = [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", server.port))]
         monkeypatch.setattr(http.RESOLVER, "getaddrinfo", lambda *a: answer)
-        error = PROTOCOLS["winrs"](f"http://hv-seam.corp.example:{server.port}/wsman", settings_for("basic", "http"))
+        error = probe("winrs", f"http://hv-seam.corp.example:{server.port}/wsman", settings_for("basic", "http"))
     assert error.reason == "redirect" and server.connections == 1
     assert server.requests[0][2]["Host"] == f"hv-seam.corp.example:{server.port}"
 
 
-def test_a_hanging_lookup_is_counted_at_the_deadline(tmp_path: Path, hanging_resolver: HangingResolver) -> None:
-    running = _exporter(tmp_path, "hv-hang.corp.example", "basic", timeout="1s")
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_a_hanging_lookup_is_counted_at_the_deadline(
+    tmp_path: Path, hanging_resolver: HangingResolver, protocol: str
+) -> None:
+    running = _exporter(tmp_path, "hv-hang.corp.example", "basic", timeout="1s", protocol=protocol)
     try:
         body = _get(running.server.urls[0] + "/probe?module=m&target=hv-hang.corp.example")
         metrics = _get(running.server.urls[0] + "/metrics")
@@ -196,16 +201,19 @@ def getaddrinfo(host, *args, **kwargs):  # the system resolver hangs for the tar
     return real_getaddrinfo(host, *args, **kwargs)
 socket.getaddrinfo = getaddrinfo
 from hyperv_exporter.host import cli
-from hyperv_exporter.host.transport import winrs
-if {stuck_worker!r}:
-    winrs.WinRMSession.run = lambda *args: forever.wait()  # stuck where no deadline or socket shutdown reaches
+from hyperv_exporter.host.transport import psrp, winrs
+if {stuck_worker!r}:  # stuck where no deadline or socket shutdown reaches, whichever protocol runs
+    winrs.WinRMSession.collect = psrp.PSRPSession.collect = lambda *args: forever.wait()
 sys.exit(cli.main(sys.argv[1:]))
 """
 
 
+@pytest.mark.parametrize("protocol", PROTOCOLS)
 @pytest.mark.parametrize("stuck", ["name_lookup", "worker"])
-def test_sigterm_ends_the_exporter_within_5s_whatever_a_worker_is_stuck_on(tmp_path: Path, stuck: str) -> None:
-    config = _config(tmp_path, "hv-hang.corp.example", "basic", timeout="30s")
+def test_sigterm_ends_the_exporter_within_5s_whatever_a_worker_is_stuck_on(
+    tmp_path: Path, stuck: str, protocol: str
+) -> None:
+    config = _config(tmp_path, "hv-hang.corp.example", "basic", timeout="30s", protocol=protocol)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -240,7 +248,7 @@ def test_sigterm_ends_the_exporter_within_5s_whatever_a_worker_is_stuck_on(tmp_p
 # -- helpers ----------------------------------------------------------------------------------------
 
 
-def _config(tmp_path: Path, target: str, transport: str, timeout: str = "5s") -> Path:
+def _config(tmp_path: Path, target: str, transport: str, timeout: str = "5s", protocol: str = "winrs") -> Path:
     (tmp_path / "password").write_text(PASSWORD)
     config = tmp_path / "hyperv.yml"
     config.write_text(
@@ -251,6 +259,7 @@ def _config(tmp_path: Path, target: str, transport: str, timeout: str = "5s") ->
             timeout: {timeout}
             cache_ttl: 0s
             winrm:
+              protocol: {protocol}
               scheme: http
               transport: {transport}
               allow_unencrypted: true
@@ -262,8 +271,8 @@ def _config(tmp_path: Path, target: str, transport: str, timeout: str = "5s") ->
     return config
 
 
-def _exporter(tmp_path: Path, target: str, transport: str, timeout: str = "5s") -> Running:
-    config = _config(tmp_path, target, transport, timeout)
+def _exporter(tmp_path: Path, target: str, transport: str, timeout: str = "5s", protocol: str = "winrs") -> Running:
+    config = _config(tmp_path, target, transport, timeout, protocol)
     return start(build_parser().parse_args(["--config.file", str(config), "--web.listen-address", "127.0.0.1:0"]))
 
 

@@ -36,6 +36,7 @@ from hyperv_exporter.guest import cli as guest_cli
 from hyperv_exporter.guest import kvp_pool, timex
 from hyperv_exporter.guest.handler import make_handler
 from hyperv_exporter.host.cli import Running, build_parser, start
+from hyperv_exporter.sim.cost import NO_COST
 from hyperv_exporter.web import WebServer
 from promstack import (
     GRAFANA_BUILTINS,
@@ -265,6 +266,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoStack]:
     try:
         exporter = start(build_parser().parse_args(["--demo", "--web.listen-address", "127.0.0.1:0"]))
         stops.append(exporter.stop)
+        # 1 s scrape intervals leave no room for a real host's process start-up (sim.cost.WINDOWS).
+        exporter.simulator.set_process_cost(NO_COST)
         hosts = [h.computer_name for h in exporter.simulator.fleet.hosts]
         guests: list[Guest] = []
         for spec in GUESTS:

@@ -234,7 +234,9 @@ def test_processes_never_carry_passwords_on_their_command_lines(tmp_path: Path) 
                                                       ("password_env: HYPERV_ENV_PASSWORD", "logfmt"))):  # fmt: skip
             (tmp_path / f"hyperv{index}.yml").write_text(
                 f"modules:\n  default:\n    targets: [{', '.join(urls)}]\n    endpoints:\n{endpoints}"
-                f"    winrm: {{scheme: http, transport: ntlm, username: monitor, {source}}}\n"
+                # hyperv-sim's built-in fleet has the least-privilege account: the JEA endpoint only.
+                f"    winrm: {{configuration_name: HyperVExporter, scheme: http, transport: ntlm, username: monitor, "
+                f"{source}}}\n"
             )
             port = _free_port()
             exporter = spawn(f"exporter{index}", [

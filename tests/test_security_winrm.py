@@ -24,7 +24,7 @@ TARGET = "HV-LONDON-01"
 
 
 def https_winrm(pki: Pki, transport: str = "basic", ca: str | None = "ca", extra: str = "") -> str:
-    lines = ["      scheme: https", f"      transport: {transport}"]
+    lines = ["      protocol: winrs", "      scheme: https", f"      transport: {transport}"]
     if ca is not None:
         lines.append(f"      ca_file: {pki[ca].cert}")
     if transport == "certificate":
@@ -123,7 +123,8 @@ def test_requests_ca_bundle_from_the_environment_is_ignored(
 
 # -- NTLM and message encryption over HTTP ----------------------------------------------------------
 
-NTLM_HTTP = """      scheme: http
+NTLM_HTTP = """      protocol: winrs
+      scheme: http
       transport: ntlm
       username: monitor
       password_file: {password_file}"""

@@ -7,7 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import winrm
+from winrm.exceptions import WinRMError
 
 
 def test_hyperv_sim_serves_the_demo_fleet(tmp_path: Path) -> None:
@@ -27,7 +29,9 @@ def test_hyperv_sim_serves_the_demo_fleet(tmp_path: Path) -> None:
             transport="basic",
             server_cert_validation="ignore",
         )
-        assert session.run_cmd("hostname").status_code == 1  # only the collection script runs there
+        # The built-in fleet's account is the least-privilege one: WinRS cmd shells are for administrators.
+        with pytest.raises(WinRMError, match="Access is denied"):
+            session.run_cmd("hostname")
     finally:
         proc.terminate()
         proc.wait(timeout=10)
@@ -51,6 +55,7 @@ def test_hyperv_sim_writes_a_working_exporter_config(tmp_path: Path) -> None:
         module = load_config(str(config)).modules["default"]
         assert module.targets.allows("HV-DUBLIN-01") and not module.targets.allows("evil.example")
         assert module.winrm.password is not None and module.winrm.password.get() == "sim-test-password"
+        assert (module.winrm.protocol, module.winrm.configuration_name) == ("psrp", "HyperVExporter")
         from hyperv_exporter.host.cli import build_parser, start
 
         running = start(

@@ -117,19 +117,22 @@ def allowed_collectors(args: argparse.Namespace) -> tuple[str, ...]:
 
 
 def demo_config(urls: dict[str, str], username: str, password: str) -> Config:
-    """The built-in module for --demo: only the simulated hosts are allowed targets."""
+    """The built-in module for --demo: only the simulated hosts are allowed targets. It shows the
+    recommended set-up: PowerShell remoting to the read-only JEA endpoint with an account that is only
+    in the endpoint's role group, NTLM with message encryption (plain HTTP on loopback only)."""
     module = Module(
         name="default",
         targets=TargetAllowlist.parse(urls),
         winrm=WinRMSettings(
+            protocol="psrp",
+            configuration_name="HyperVExporter",
             scheme="http",
             port=5985,
-            transport="basic",
+            transport="ntlm",
             username=username,
             password=Secret(password),
             password_source="generated for this demo run",  # noqa: S106 - a description, not a password
-            allow_unencrypted=True,  # loopback only, to a simulator in this very process
-            message_encryption="never",
+            message_encryption="auto",
         ),
         timeout=10.0,
         endpoints={name.lower(): url for name, url in urls.items()},
@@ -149,13 +152,15 @@ def start(args: argparse.Namespace) -> Running:
     example_targets: dict[str, str] = {}
     if args.demo:
         # The simulator is only needed for --demo; importing it lazily keeps it out of normal start-up.
+        from hyperv_exporter.sim.cost import WINDOWS  # noqa: PLC0415
         from hyperv_exporter.sim.fleet import demo_fleet, with_password  # noqa: PLC0415
-        from hyperv_exporter.sim.host import Simulator  # noqa: PLC0415
+        from hyperv_exporter.sim.host import Simulator, use_least_privilege  # noqa: PLC0415
 
         password = secrets.token_urlsafe(18)
         logutil.register_secret(password)
-        fleet = with_password(demo_fleet(), password)
-        simulator = Simulator(fleet)
+        fleet = use_least_privilege(with_password(demo_fleet(), password))
+        # The demo shows what a probe costs a real host: a new PowerShell process takes seconds.
+        simulator = Simulator(fleet, process_cost=WINDOWS)
         simulator.start()
         config = demo_config(simulator.urls(), fleet.hosts[0].username, password)
         example_targets["default"] = fleet.hosts[0].computer_name

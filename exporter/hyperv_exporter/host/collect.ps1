@@ -1,9 +1,11 @@
 # hyperv-exporter collection script, schema 1.
 #
 # Runs once per probe on a Hyper-V host under Windows PowerShell 5.1 and prints ONE document: JSON,
-# or that JSON gzip-compressed and base64-encoded when -Gzip is given. The exporter ships this
-# file in the WinRS shell's environment (HYPERV_EXPORTER_SCRIPT) and starts it with a short
-# -EncodedCommand loader, so cmd.exe's 8,191-character command line limit never applies to it.
+# or that JSON gzip-compressed and base64-encoded when -Gzip is given. Over WinRS the exporter ships
+# this file in the shell's environment (HYPERV_EXPORTER_SCRIPT) and starts it with a short
+# -EncodedCommand loader, so cmd.exe's 8,191-character command line limit never applies to it. Over
+# PSRP it is the pipeline's script on a plain endpoint, or the body of the JEA endpoint's
+# Get-HyperVExporterReport command.
 #
 # Rules this script keeps, and why:
 # - Enums leave as their *names* ([string] casts): VMState numbers above 32782 differ between
@@ -23,6 +25,9 @@ param(
 
 $ErrorActionPreference = 'Stop'
 $ProgressPreference = 'SilentlyContinue'
+# The host clock at the script's first line. Over PSRP (a kept runspace) the process is already
+# running; over WinRS it just started, and this reading comes after its start-up, so the exporter
+# does not take the offset from the midpoint there (host/collectors/host.py).
 $clockStart = [DateTime]::UtcNow.Ticks
 try { [Console]::OutputEncoding = New-Object System.Text.UTF8Encoding $false } catch { }
 
@@ -181,15 +186,28 @@ $doc = [ordered]@{
     ClockStartTicks = $clockStart
 }
 $json = ConvertTo-Json -InputObject $doc -Depth 8 -Compress
-# The end-of-run clock is read as late as possible (after serialisation) and spliced in: the
-# exporter computes the host clock offset NTP-style from both readings and its own send/receive times.
-$json = $json.Substring(0, $json.Length - 1) + ',"ClockEndTicks":' + [DateTime]::UtcNow.Ticks + '}'
+$json = $json.Substring(0, $json.Length - 1)
+
+function Write-Document([string]$Text) {
+    # Under powershell.exe (WinRS) the document goes to the console's stdout, without a trailing
+    # newline. In a PSRP runspace (a remote session, the JEA command) there is no console: it is the
+    # pipeline's output.
+    if ($Host.Name -eq 'ConsoleHost') { [Console]::Out.Write($Text) } else { $Text }
+}
+
+# The end clock is read as late as possible and spliced in as the last member: after serialisation
+# and, with -Gzip, after all but the last bytes went through the compressor. The exporter bounds the
+# host clock offset by the time between this reading and the output's arrival (the return leg), so
+# only the output itself should come between them; nothing is printed before it.
 if ($Gzip) {
-    $bytes = [Text.Encoding]::UTF8.GetBytes($json)
     $buffer = New-Object System.IO.MemoryStream
     $zipStream = New-Object System.IO.Compression.GZipStream($buffer, [IO.Compression.CompressionMode]::Compress)
+    $bytes = [Text.Encoding]::UTF8.GetBytes($json)
+    $zipStream.Write($bytes, 0, $bytes.Length)
+    $bytes = [Text.Encoding]::UTF8.GetBytes(',"ClockEndTicks":' + [DateTime]::UtcNow.Ticks + '}')
     $zipStream.Write($bytes, 0, $bytes.Length)
     $zipStream.Close()
-    $json = [Convert]::ToBase64String($buffer.ToArray())
+    Write-Document ([Convert]::ToBase64String($buffer.ToArray()))
+} else {
+    Write-Document ($json + ',"ClockEndTicks":' + [DateTime]::UtcNow.Ticks + '}')
 }
-[Console]::Out.Write($json)

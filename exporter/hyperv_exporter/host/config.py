@@ -11,6 +11,8 @@ Shape (every key is documented in docs/configuration.md)::
         refresh_interval: 0s       # > 0: refresh in the background and serve the last good result
         endpoints: {}              # target -> WinRM URL, when a target is not reachable under its name
         winrm:
+          protocol: psrp           # psrp (default, PowerShell remoting) or winrs (a cmd shell, administrators only)
+          configuration_name: HyperVExporter   # psrp endpoint; default microsoft.powershell
           scheme: https            # https (default) or http
           port: 5986               # default by scheme
           transport: ntlm          # ntlm (default), kerberos, certificate, basic
@@ -41,7 +43,7 @@ from hyperv_exporter.host.collectors import COLLECTORS
 from hyperv_exporter.host.discovery import DiscoverySettings, parse_discovery
 from hyperv_exporter.host.model import KVP_SOURCES
 from hyperv_exporter.host.transport.http import DEFAULT_MAX_RESPONSE_BYTES, HAVE_KERBEROS
-from hyperv_exporter.host.transport.settings import Secret, WinRMSettings
+from hyperv_exporter.host.transport.settings import DEFAULT_CONFIGURATION_NAME, PROTOCOLS, Secret, WinRMSettings
 from hyperv_exporter.yamlutil import Node, YamlError, document, read_text
 
 DEFAULT_KVP_KEYS = ("OSName", "OSVersion", "FullyQualifiedDomainName", "NetworkAddressIPv4")
@@ -300,6 +302,7 @@ def _winrm(node: Node, base: Path) -> WinRMSettings:
         node.fail("passwords are never written into the config: use password_file or password_env")
     keys = node.mapping(
         [
+            "protocol", "configuration_name",
             "scheme", "port", "path", "transport", "username", "password_file", "password_env", "ca_file",
             "server_cert_validation", "client_cert_file", "client_key_file", "allow_unencrypted",
             "message_encryption", "kerberos_hostname_override", "gzip", "max_output_bytes", "max_response_bytes",
@@ -319,7 +322,14 @@ def _winrm(node: Node, base: Path) -> WinRMSettings:
             keys[key].fail(f"file {path} does not exist")
         return str(path)
 
+    configuration_name = (
+        keys["configuration_name"].string() if "configuration_name" in keys else DEFAULT_CONFIGURATION_NAME
+    )
+    if not re.fullmatch(r"[A-Za-z0-9._-]{1,128}", configuration_name):
+        keys["configuration_name"].fail("a session configuration name: letters, digits, '.', '_' and '-'")
     settings = WinRMSettings(
+        protocol=keys["protocol"].string(PROTOCOLS) if "protocol" in keys else "psrp",
+        configuration_name=configuration_name,
         scheme=scheme,
         port=keys["port"].integer(1, 65535) if "port" in keys else DEFAULT_PORTS[scheme],
         path=keys["path"].string() if "path" in keys else "/wsman",
@@ -366,6 +376,8 @@ def _winrm(node: Node, base: Path) -> WinRMSettings:
             "basic transport over plain http sends the password in clear text; use https, ntlm or kerberos, "
             "or set allow_unencrypted: true if you really mean it"
         )
+    if settings.message_encryption == "always" and transport not in ("ntlm", "kerberos"):
+        keys["message_encryption"].fail(f"{transport} transport cannot encrypt messages; use ntlm or kerberos")
     if settings.message_encryption == "never" and scheme == "http" and not settings.allow_unencrypted:
         node.fail("message_encryption: never over plain http needs allow_unencrypted: true")
     return settings
@@ -423,9 +435,7 @@ def _module(name: str, node: Node, base: Path) -> Module:
         cache_ttl=keys["cache_ttl"].duration() if "cache_ttl" in keys else 10.0,
         refresh_interval=keys["refresh_interval"].duration() if "refresh_interval" in keys else 0.0,
         discovery=(
-            parse_discovery(keys["discovery"], kvp.keys, kvp.sources, collectors)
-            if "discovery" in keys
-            else None
+            parse_discovery(keys["discovery"], kvp.keys, kvp.sources, collectors) if "discovery" in keys else None
         ),
     )
 

@@ -33,6 +33,7 @@ from hyperv_exporter.host.config import Module
 from hyperv_exporter.host.model import HostReport
 from hyperv_exporter.host.selfmetrics import ExporterMetrics
 from hyperv_exporter.host.transport.errors import ProbeError
+from hyperv_exporter.host.transport.psrp import PSRPSession
 from hyperv_exporter.host.transport.winrs import WinRMSession, clixml_errors
 
 log = logging.getLogger(__name__)
@@ -113,7 +114,7 @@ class _Entry:
     """Per (module, target) state."""
 
     target: str = ""  # as first requested: the label on /metrics, however later requests spell it
-    session: WinRMSession | None = None
+    session: WinRMSession | PSRPSession | None = None
     inflight: Future[ProbeResult] | None = None
     last: ProbeResult | None = None
     last_good: ProbeResult | None = None
@@ -268,7 +269,7 @@ class Prober:
         with self._lock:
             sessions = [e.session for e in self._entries.values() if e.session is not None]
         # In parallel and bounded: a session whose run is stuck must not hold up the others or the exit.
-        closers = [threading.Thread(target=s.close, args=(1.0,), daemon=True) for s in sessions]
+        closers = [threading.Thread(target=s.close, daemon=True) for s in sessions]
         for closer in closers:
             closer.start()
         for closer in closers:
@@ -322,28 +323,34 @@ class Prober:
         result = ProbeResult(module.name, target, collectors, time.time())
         start = time.monotonic()
         if entry.session is None:
-            entry.session = WinRMSession(module.endpoint_url(target), module.winrm, script.script_text())
+            # The transport is chosen per module: psrp (a kept runspace pool) or winrs (a kept cmd shell).
+            kind = PSRPSession if module.winrm.protocol == "psrp" else WinRMSession
+            entry.session = kind(module.endpoint_url(target), module.winrm, script.script_text())
         session = entry.session
         shells_before = session.shells_opened
         try:
             with session.lock:
                 result.note(f"probing {session.url} with collectors {','.join(collectors)}")
-                command, args = script.command_line(sections_for(collectors), module.winrm.gzip)
-                exchange = session.run(command, args, deadline)
+                exchange = session.collect(sections_for(collectors), module.winrm.gzip, deadline)
             result.requests = exchange.requests
             result.output_bytes = len(exchange.stdout)
             result.note(
                 f"exit code {exchange.exit_code}, {len(exchange.stdout)} bytes of output, "
                 f"{exchange.requests} HTTP requests{' (new shell)' if exchange.new_shell else ''}"
             )
+            if exchange.failure is not None:
+                raise ProbeError("powershell", exchange.failure)
             if exchange.exit_code != 0:
                 detail = clixml_errors(exchange.stderr) or "no error text"
                 raise ProbeError("powershell", f"PowerShell exited with code {exchange.exit_code}: {detail}")
             text = report.decode_output(exchange.stdout, module.winrm.max_output_bytes)
             kvp_filter = cimxml.allowlist(module.kvp.keys, module.kvp.max_value_length)
             result.report = report.parse_report(text, kvp_filter, frozenset(module.kvp.sources))
-            result.clock = ClockExchange(exchange.sent, exchange.received)
+            result.clock = ClockExchange(exchange.sent, exchange.received, exchange.return_leg, exchange.outbound_leg)
             result.note(f"{len(result.report.vms)} VMs, {len(result.report.problems)} problems")
+            for name, section in result.report.sections.items():
+                if section.error:  # e.g. a permission the account lacks for this section's query
+                    result.note(f"section {name} failed on the host: {section.error}")
         except ProbeError as exc:
             result.reason, result.message = exc.reason, logutil.redact(str(exc))
         except report.ReportError as exc:
@@ -397,6 +404,3 @@ class Prober:
             else:
                 seen.add(problem)
                 log.warning("host report problem: %s", problem, extra=logutil.fields(module=module.name, target=target))
-
-
-

@@ -56,7 +56,7 @@ class ExporterMetrics:
         )
         self.shells_opened = Counter(
             "hyperv_exporter_winrm_shells_opened_total",
-            "WinRS shells opened (a shell is kept across probes; many openings mean shells keep breaking).",
+            "WinRS shells or PSRP runspace pools opened (kept across probes; many openings mean they keep breaking).",
             ["module"],
             registry=r,
         )

@@ -19,8 +19,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from hyperv_exporter import __version__, logutil
-from hyperv_exporter.sim.fleet import demo_fleet, load_fleet, with_password
-from hyperv_exporter.sim.host import SIM_WINRM, Simulator, exporter_config
+from hyperv_exporter.sim.cost import MODELS, WINDOWS
+from hyperv_exporter.sim.fleet import SimFleet, demo_fleet, load_fleet, with_password
+from hyperv_exporter.sim.host import Simulator, exporter_config, use_least_privilege, winrm_block_for
 from hyperv_exporter.yamlutil import YamlError
 
 log = logging.getLogger("hyperv_exporter.sim")
@@ -49,17 +50,30 @@ def build_parser() -> argparse.ArgumentParser:
         "--tls.cert-file", dest="tls_cert_file", metavar="FILE", help="Serve HTTPS with this certificate."
     )
     parser.add_argument("--tls.key-file", dest="tls_key_file", metavar="FILE", help="Private key for --tls.cert-file.")
+    parser.add_argument(
+        "--web.listen-address", dest="web_listen_address", action="append", metavar="ADDRESS",
+        help="Serve the simulator's own counters (requests, processes started, host CPU per host) on "
+        "/metrics at this address (host:port, repeatable). Default: not served.",
+    )  # fmt: skip
+    parser.add_argument(
+        "--process-cost", dest="process_cost", default="windows", choices=list(MODELS),
+        help="What a new PowerShell process costs a host whose fleet entry does not say: windows "
+        f"({WINDOWS.start_seconds:g} s start-up + {WINDOWS.import_seconds:g} s Hyper-V module import) "
+        "or none (default: windows).",
+    )  # fmt: skip
     parser.add_argument("--log.level", dest="log_level", default="info", choices=list(logutil.LEVELS))
     parser.add_argument("--log.format", dest="log_format", default="logfmt", choices=list(logutil.FORMATS))
     return parser
 
 
-def write_exporter_config(path: str, urls: dict[str, str], password_file: str | None) -> None:
-    """A configuration for hyperv-exporter that probes these hosts, with the same password source."""
+def write_exporter_config(path: str, urls: dict[str, str], password_file: str | None, fleet: SimFleet) -> None:
+    """A configuration for hyperv-exporter that probes these hosts, with the same password source, through
+    the JEA endpoint when every host's account may use it (the built-in fleet's can)."""
+    winrm = winrm_block_for(fleet)
     if password_file:
-        text = exporter_config(urls, str(Path(password_file).resolve()))
+        text = exporter_config(urls, str(Path(password_file).resolve()), winrm=winrm)
     else:
-        winrm = SIM_WINRM.replace("password_file: {password_file}", f"password_env: {PASSWORD_ENV}")
+        winrm = winrm.replace("password_file: {password_file}", f"password_env: {PASSWORD_ENV}")
         text = exporter_config(urls, "", winrm=winrm)
     Path(path).write_text(text, encoding="utf-8")
 
@@ -68,7 +82,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logutil.setup_logging(args.log_level, args.log_format)
     try:
-        fleet = load_fleet(args.fleet_file) if args.fleet_file else demo_fleet()
+        # The built-in fleet shows the recommended account: only in the JEA endpoint's role group.
+        fleet = load_fleet(args.fleet_file) if args.fleet_file else use_least_privilege(demo_fleet())
     except YamlError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -97,20 +112,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (OSError, ssl.SSLError) as exc:
             print(f"error: cannot load the TLS certificate: {exc}", file=sys.stderr)
             return 1
-    simulator = Simulator(fleet, bind=args.listen, ssl_context=context)
+    simulator = Simulator(fleet, bind=args.listen, ssl_context=context, process_cost=MODELS[args.process_cost])
+    metrics_server = None
     try:
         simulator.start()
-    except OSError as exc:
+        if args.web_listen_address:
+            from hyperv_exporter.sim.metrics import make_handler  # noqa: PLC0415 - only with the flag
+            from hyperv_exporter.web import WebServer  # noqa: PLC0415
+
+            metrics_server = WebServer(args.web_listen_address, make_handler(simulator), name="hyperv-sim")
+            metrics_server.start()
+    except (OSError, ValueError) as exc:
         simulator.stop()
         print(f"error: cannot listen: {exc}", file=sys.stderr)
         return 1
     if args.exporter_config:
-        write_exporter_config(args.exporter_config, simulator.urls(), args.password_file)
+        write_exporter_config(args.exporter_config, simulator.urls(), args.password_file, fleet)
     for name, url in simulator.urls().items():
         print(f"{name} {url}", flush=True)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda s, f: stop.set())
     signal.signal(signal.SIGINT, lambda s, f: stop.set())
     stop.wait()
+    if metrics_server is not None:
+        metrics_server.stop()
     simulator.stop()
     return 0

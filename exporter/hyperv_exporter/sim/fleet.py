@@ -29,6 +29,8 @@ from xml.sax.saxutils import escape
 
 from hyperv_exporter import enums
 from hyperv_exporter.host.report import DOTNET_EPOCH_TICKS
+from hyperv_exporter.sim.accounts import SIMULATOR_KEYS, HostAccounts, default_accounts, parse_accounts
+from hyperv_exporter.sim.cost import ProcessCost
 from hyperv_exporter.yamlutil import Node, document, read_text
 
 KVP_ARRAYS = ("GuestIntrinsicExchangeItems", "GuestExchangeItems", "HostExchangeItems")
@@ -164,9 +166,17 @@ class SimHost:
     password: str | None = None
     latency: float = 0.0
     run_seconds: float = 0.05
+    # What a new PowerShell process costs this host (sim.cost); None: the Simulator's default.
+    process_cost: ProcessCost | None = None
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
     # Output faults for resilience tests (see sim.host.OUTPUT_FAULTS); None = answer normally.
     output_fault: str | None = None
+    # Accounts, groups and endpoints: who may open what (sim.accounts). Default: Username is an administrator.
+    access: HostAccounts = field(default_factory=HostAccounts)
+
+    def __post_init__(self) -> None:
+        if not self.access.accounts:
+            self.access = default_accounts(self.username)
 
     def vm(self, name: str) -> SimVM:
         for vm in self.vms:
@@ -433,8 +443,15 @@ def _host(node: Node, base: Path, now: float) -> SimHost:
         required=["ComputerName"],
     )
     sim = keys["Simulator"].mapping(
-        ["Port", "Username", "PasswordFile", "PasswordEnv", "LatencySeconds", "RunSeconds"]
+        ["Port", "Username", "PasswordFile", "PasswordEnv", "LatencySeconds", "RunSeconds", "ProcessStartSeconds",
+         "ModuleImportSeconds", *SIMULATOR_KEYS]
     ) if "Simulator" in keys else {}  # fmt: skip
+    process_cost = None
+    if "ProcessStartSeconds" in sim or "ModuleImportSeconds" in sim:
+        process_cost = ProcessCost(
+            sim["ProcessStartSeconds"].number(minimum=0) if "ProcessStartSeconds" in sim else 0.0,
+            sim["ModuleImportSeconds"].number(minimum=0) if "ModuleImportSeconds" in sim else 0.0,
+        )
     vms = [_vm(item, now) for item in keys["VMs"].items()] if "VMs" in keys else []
     ids = [vm.id.lower() for vm in vms]
     if len(set(ids)) != len(ids):
@@ -442,6 +459,7 @@ def _host(node: Node, base: Path, now: float) -> SimHost:
     culture = keys["UICulture"].string() if "UICulture" in keys else "en-US"
     if culture not in enums.SERVICE_DISPLAY_NAMES:
         keys["UICulture"].fail(f"simulated cultures: {', '.join(enums.SERVICE_DISPLAY_NAMES)}")
+    username = sim["Username"].string() if "Username" in sim else "monitor"
     host = SimHost(
         computer_name=keys["ComputerName"].string(),
         os_caption=keys["OSCaption"].string() if "OSCaption" in keys else "Microsoft Windows Server 2022 Datacenter",
@@ -450,10 +468,12 @@ def _host(node: Node, base: Path, now: float) -> SimHost:
         vms=vms,
         clock_offset=keys["ClockOffsetSeconds"].number() if "ClockOffsetSeconds" in keys else 0.0,
         port=sim["Port"].integer(0, 65535) if "Port" in sim else 0,
-        username=sim["Username"].string() if "Username" in sim else "monitor",
+        username=username,
         password=_password(sim, base),
         latency=sim["LatencySeconds"].number(minimum=0) if "LatencySeconds" in sim else 0.0,
         run_seconds=sim["RunSeconds"].number(minimum=0) if "RunSeconds" in sim else 0.05,
+        process_cost=process_cost,
+        access=parse_accounts(sim, username),
     )
     for vm in vms:
         vm.host = host

@@ -17,15 +17,28 @@ import gzip
 import logging
 import ssl
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import lru_cache, partial
+
+from psrpcore.types import ErrorCategory
 
 from hyperv_exporter import logutil
 from hyperv_exporter.host import script
+from hyperv_exporter.sim import wsman_soap as soap
+from hyperv_exporter.sim.accounts import (
+    ADMINISTRATORS,
+    JEA_COMMAND,
+    JEA_ENDPOINT,
+    Identity,
+    least_privilege,
+    restrict_document,
+)
+from hyperv_exporter.sim.cost import NO_COST, POWERSHELL, WSMPROVHOST, HostCounters, ProcessCost
 from hyperv_exporter.sim.fleet import SimFleet, SimHost, to_ticks
 from hyperv_exporter.sim.ps51json import dumps
 from hyperv_exporter.sim.wsman import CommandResult, Shell, WSManEndpoint, clixml_error
+from hyperv_exporter.sim.wsman_psrp import Command, PipelineError, PipelineResult, PoolInfo
 
 log = logging.getLogger(__name__)
 
@@ -81,13 +94,103 @@ def _encoded_command(tokens: list[str]) -> str | None:
     return None
 
 
-class HostRunner:
-    """The CommandRunner for one simulated host."""
+#: A listener without users has no permission model: whoever connects may do everything.
+_UNCHECKED = Identity(groups=frozenset({ADMINISTRATORS}))
 
-    def __init__(self, host: SimHost) -> None:
+
+def _script_error(message: str, fq_error: str, category: ErrorCategory, reason: str, target: str) -> PipelineError:
+    return PipelineError(
+        message=message,
+        fully_qualified_error_id=fq_error,
+        category=category,
+        reason=reason,
+        exception_types=(f"System.Management.Automation.{reason}", "System.Management.Automation.RuntimeException"),
+        target=target,
+    )
+
+
+def _command_not_found(name: str) -> PipelineError:
+    return _script_error(
+        f"The term '{name}' is not recognized as the name of a cmdlet, function, script file, or operable program. "
+        "Check the spelling of the name, or if a path was included, verify that the path is correct and try again.",
+        "CommandNotFoundException",
+        ErrorCategory.ObjectNotFound,
+        "CommandNotFoundException",
+        name,
+    )
+
+
+class HostRunner:
+    """The CommandRunner (WinRS: every ``powershell`` command is a new process) and PipelineRunner
+    (PSRP: pipelines in the runspace pool's already running process) for one simulated host."""
+
+    def __init__(self, host: SimHost, counters: HostCounters | None = None) -> None:
         self.host = host
+        self.counters = counters if counters is not None else HostCounters()
         self.runs = 0
 
+    def identity(self, username: str) -> Identity:
+        return self.host.access.identity(username) if self.host.password is not None else _UNCHECKED
+
+    # -- PowerShell remoting -----------------------------------------------------------------------
+    def pipeline(self, pool: PoolInfo, commands: list[Command]) -> PipelineResult:
+        """One PSRP pipeline: collect.ps1 as script text on a plain endpoint, or the JEA command."""
+        host = self.host
+        jea = pool.configuration.lower() == JEA_ENDPOINT.lower()
+        identity = (
+            host.access.session_identity(pool.username, pool.configuration) if jea else self.identity(pool.username)
+        )
+        if len(commands) != 1:
+            return PipelineResult(error=_script_error(
+                "hyperv-sim: this simulated Hyper-V host runs only the hyperv-exporter collection.",
+                "hyperv-sim", ErrorCategory.NotImplemented, "NotSupportedException", "",
+            ))  # fmt: skip
+        command = commands[0]
+        if command.is_script and identity.no_language:
+            # A RestrictedRemoteServer (JEA) session is in NoLanguage mode: the parser refuses script text.
+            return PipelineResult(error=PipelineError(
+                message="The syntax is not supported by this runspace. This can occur if the runspace is in "
+                "no-language mode.",
+                fully_qualified_error_id="ScriptsNotAllowed",
+                category=ErrorCategory.ParserError,
+                reason="ParseException",
+                exception_types=(
+                    "System.Management.Automation.ParseException",
+                    "System.Management.Automation.RuntimeException",
+                    "System.SystemException",
+                    "System.Exception",
+                ),
+                target=command.text,
+            ))  # fmt: skip
+        if jea and command.text.lower() != JEA_COMMAND.lower():
+            return PipelineResult(error=_command_not_found(command.text))
+        if not jea and not command.is_script:
+            return PipelineResult(error=_command_not_found(command.text))
+        if not jea and script.script_digest(command.text) != script.script_digest():
+            return PipelineResult(error=_script_error(
+                "hyperv-sim: this simulated Hyper-V host runs only the hyperv-exporter collection script.",
+                "hyperv-sim", ErrorCategory.NotImplemented, "NotSupportedException", "",
+            ))  # fmt: skip
+        unknown = [name for name in command.parameters if name.lower() not in ("collectors", "gzip")]
+        if unknown:
+            return PipelineResult(error=_script_error(
+                f"A parameter cannot be found that matches parameter name '{unknown[0]}'.",
+                f"NamedParameterNotFound,{JEA_COMMAND if jea else 'collect.ps1'}",
+                ErrorCategory.InvalidArgument, "ParameterBindingException", "",
+            ))  # fmt: skip
+        params = {name.lower(): value for name, value in command.parameters.items()}
+        sections = [s for s in str(params.get("collectors") or "vm").split(",") if s]
+        self.runs += 1
+        result = self.answer(sections, params.get("gzip") not in (None, False), 65001, identity)
+        if result.exit_code != 0:
+            return PipelineResult(error=_script_error(
+                result.stderr.decode("utf-8", errors="replace")[:2000], "hyperv-sim-fault",
+                ErrorCategory.NotSpecified, "RuntimeException", "",
+            ), run_seconds=result.run_seconds)  # fmt: skip
+        # In a runspace the script's output is one string object (no console, so no code page).
+        return PipelineResult([result.stdout.decode("utf-8", errors="replace")], run_seconds=result.run_seconds)
+
+    # -- WinRS -------------------------------------------------------------------------------------
     def __call__(self, shell: Shell, command: str, arguments: list[str]) -> CommandResult:
         tokens = " ".join([command, *arguments]).split()
         program = tokens[0].lower() if tokens else ""
@@ -97,6 +200,9 @@ class HostRunner:
                 "operable program or batch file.\r\n".encode(),
                 exit_code=1,
             )
+        # WinRS starts powershell.exe for this command whatever it then runs; it pays the start-up
+        # before its first line and the Hyper-V module import on the script's first Get-VM.
+        process = self.counters.start_process(POWERSHELL, self.host.process_cost or NO_COST)
         encoded = _encoded_command(tokens)
         try:
             text = script.decode_command(encoded) if encoded else ""
@@ -109,6 +215,7 @@ class HostRunner:
                     "hyperv-sim: this simulated Hyper-V host runs only the hyperv-exporter collection script."
                 ),
                 exit_code=1,
+                run_seconds=process.start_seconds,
             )
         shipped = shell.env.get(script.SCRIPT_ENV)
         if shipped is None:
@@ -117,6 +224,7 @@ class HostRunner:
                     'Exception calling "Create" with "1" argument(s): "Value cannot be null.\r\nParameter name: script"'
                 ),
                 exit_code=1,
+                run_seconds=process.start_seconds,
             )
         if script.script_digest(shipped) != script.script_digest():
             return CommandResult(
@@ -124,19 +232,33 @@ class HostRunner:
                     "hyperv-sim: the script in the shell environment is not this version's collect.ps1."
                 ),
                 exit_code=1,
+                run_seconds=process.start_seconds,
             )
         sections, use_gzip = loader
         self.runs += 1
-        return self.answer(sections, use_gzip, shell.codepage)
+        return self.answer(sections, use_gzip, shell.codepage, self.identity(shell.username), process)
 
-    def answer(self, sections: list[str], use_gzip: bool, codepage: int) -> CommandResult:
+    def answer(
+        self,
+        sections: list[str],
+        use_gzip: bool,
+        codepage: int,
+        identity: Identity = _UNCHECKED,
+        process: ProcessCost = NO_COST,
+    ) -> CommandResult:
+        """The script's output. ``process``: the cost of the new process it runs in (WinRS); NO_COST
+        for a pipeline in an already running one (a kept PSRP runspace)."""
         host = self.host
         fault = host.output_fault
-        started = time.time()
+        # The script's first line runs once the process is up: its ClockStart and the VMs' uptimes
+        # are read then. Its output exists after the module import and the script's own run time.
+        started = time.time() + process.start_seconds
+        run_seconds = process.total + host.run_seconds
+        self.counters.script_ran(host.run_seconds)
         if fault == "bad_clixml":
-            return CommandResult(stderr=_BAD_CLIXML, exit_code=1, run_seconds=host.run_seconds)
+            return CommandResult(stderr=_BAD_CLIXML, exit_code=1, run_seconds=run_seconds)
         if fault == "huge_stderr":
-            return CommandResult(stderr=b"E" * (12 * 1024 * 1024), exit_code=1, run_seconds=host.run_seconds)
+            return CommandResult(stderr=b"E" * (12 * 1024 * 1024), exit_code=1, run_seconds=run_seconds)
         if fault == "powershell_error":
             return CommandResult(
                 stderr=clixml_error(
@@ -144,9 +266,9 @@ class HostRunner:
                     "administrator of the authorization policy for the computer 'localhost'."
                 ),
                 exit_code=1,
-                run_seconds=host.run_seconds,
+                run_seconds=run_seconds,
             )
-        doc = host.document(sections, started)
+        doc = restrict_document(host.document(sections, started), identity, host.computer_name)
         if fault == "vm_section_error":
             doc["VMs"] = []
             doc["Sections"]["vm"]["Error"] = (
@@ -159,9 +281,11 @@ class HostRunner:
         text = dumps(doc, compress=True)
         if fault == "surrogates":
             text = text.replace(_SURROGATE_NAME, _SURROGATE_ESCAPES)
-        # The script reads its end clock right before printing; here the output exists once this
-        # method returns and run_seconds have passed, so that is the moment the end clock stands for.
-        text = text[:-1] + ',"ClockEndTicks":' + str(to_ticks(time.time() + host.run_seconds + host.clock_offset)) + "}"
+        # The script reads its end clock right before printing; the shell service makes the output
+        # available run_seconds after the Command arrived (about when this method began), so that is
+        # the moment the end clock stands for.
+        end = started - process.start_seconds + run_seconds
+        text = text[:-1] + ',"ClockEndTicks":' + str(to_ticks(end + host.clock_offset)) + "}"
         if fault == "huge":
             text = '{"SchemaVersion":1,"VMs":[' + ",".join(['{"Name":"x"}'] * 400_000) + "]}"
         elif fault == "deep_nesting":
@@ -181,18 +305,40 @@ class HostRunner:
         elif fault == "truncated":
             stdout = stdout[: len(stdout) // 2]
         stderr = PROGRESS_CLIXML if fault == "progress_stderr" else b""
-        return CommandResult(stdout=stdout, stderr=stderr, exit_code=0, run_seconds=host.run_seconds)
+        return CommandResult(stdout=stdout, stderr=stderr, exit_code=0, run_seconds=run_seconds)
 
 
 # The WinRM block for a simulator: Basic over plain HTTP is acceptable only because the listeners
-# are simulated hosts on loopback; a real module uses https, ntlm or kerberos.
-SIM_WINRM = """      scheme: http
+# are simulated hosts on loopback; a real module uses https, ntlm or kerberos. A WinRS cmd shell, so
+# the account must be an administrator (the default for a fleet file's account).
+SIM_WINRM = """      protocol: winrs
+      scheme: http
       transport: basic
       allow_unencrypted: true
       message_encryption: never
       username: {username}
       password_file: {password_file}
 """
+
+
+# The recommended set-up against a simulator: PowerShell remoting to the read-only JEA endpoint with
+# NTLM and message encryption (plain HTTP on loopback only; a real module uses https).
+SIM_WINRM_JEA = """      protocol: psrp
+      configuration_name: HyperVExporter
+      scheme: http
+      transport: ntlm
+      username: {username}
+      password_file: {password_file}
+"""
+# PowerShell remoting to the plain endpoint, for accounts the JEA endpoint does not admit.
+SIM_WINRM_PSRP = SIM_WINRM.replace("protocol: winrs", "protocol: psrp")
+
+
+def winrm_block_for(fleet: SimFleet) -> str:
+    """The WinRM block that works for every host's account: JEA where all accounts may use it."""
+    if all(h.access.may_open(h.username, JEA_ENDPOINT) for h in fleet.hosts):
+        return SIM_WINRM_JEA
+    return SIM_WINRM_PSRP
 
 
 def exporter_config(
@@ -218,6 +364,44 @@ def exporter_config(
     return "modules:\n" + "".join(f"  {name}:\n{module}" for name in modules)
 
 
+def _authorizer(host: SimHost) -> Callable[[str, str], soap.SoapFault | None]:
+    """Who may create a cmd shell or a runspace pool on ``host`` (checked at every Create)."""
+
+    def authorize(username: str, resource_uri: str) -> soap.SoapFault | None:
+        uri = resource_uri.lower()
+        if uri == soap.RESOURCE_URI_CMD.lower():
+            configuration = None
+        elif uri.startswith(soap.RESOURCE_URI_POWERSHELL):
+            configuration = uri[len(soap.RESOURCE_URI_POWERSHELL) :]
+            if configuration not in host.access.configurations():
+                return None  # the PSRP service answers "cannot find the session configuration"
+        else:
+            return None
+        return None if host.access.may_open(username, configuration) else soap.fault_access_denied()
+
+    return authorize
+
+
+def _pool_opened(host: SimHost, counters: HostCounters, pause: Callable[[float], None]) -> Callable[[PoolInfo], None]:
+    def opened(pool: PoolInfo) -> None:
+        # A runspace pool is a new wsmprovhost.exe on a real host: it pays the start-up and the
+        # Hyper-V module import once (charged here, before the pool's Create is answered) and stays
+        # up, so the pool's pipelines start no process.
+        cost = counters.start_process(WSMPROVHOST, host.process_cost or NO_COST)
+        pause(cost.total)
+        log.debug("runspace pool opened", extra=logutil.fields(host=host.computer_name, endpoint=pool.configuration))
+
+    return opened
+
+
+def use_least_privilege(fleet: SimFleet) -> SimFleet:
+    """Make every host's account the recommended monitoring account: only in the JEA endpoint's role
+    group (not an administrator, not in Hyper-V Administrators). Used by the demo."""
+    for host in fleet.hosts:
+        host.access = least_privilege(host.username, host.access.jea_role_group)
+    return fleet
+
+
 class _HostUsers(Mapping[str, str]):
     """The host's credentials, read at each request, so ``SimHost.set(password=...)`` rotates them live."""
 
@@ -225,7 +409,11 @@ class _HostUsers(Mapping[str, str]):
         self.host = host
 
     def _users(self) -> dict[str, str]:
-        return {self.host.username: self.host.password} if self.host.password is not None else {}
+        # Every account of the host's permission model shares its password (a simulator choice).
+        if self.host.password is None:
+            return {}
+        names = {self.host.username, *self.host.access.usernames()}
+        return dict.fromkeys(names, self.host.password)
 
     def __getitem__(self, key: str) -> str:
         return self._users()[key]
@@ -243,21 +431,32 @@ class Simulator:
 
     Listeners accept Basic and NTLM (with message encryption over HTTP); with ``ssl_context`` they
     serve HTTPS. ``allow_unencrypted=False`` refuses plaintext SOAP over HTTP, as Windows does by default.
+    ``process_cost`` is what a new PowerShell process costs a host whose fleet entry does not say
+    (sim.cost: zero here, ``WINDOWS`` in hyperv-sim and --demo); ``counters`` count it per host.
     """
 
     fleet: SimFleet
     bind: str = "127.0.0.1"
     ssl_context: ssl.SSLContext | None = None
     allow_unencrypted: bool = True
+    process_cost: ProcessCost = NO_COST
     endpoints: dict[str, WSManEndpoint] = field(default_factory=dict)
     runners: dict[str, HostRunner] = field(default_factory=dict)
+    counters: dict[str, HostCounters] = field(default_factory=dict)
 
     def start(self) -> None:
         for host in self.fleet.hosts:
-            runner = HostRunner(host)
+            if host.process_cost is None:
+                host.process_cost = self.process_cost
+            counters = self.counters.setdefault(host.computer_name, HostCounters())
+            runner = HostRunner(host, counters)
             users = _HostUsers(host) if host.password is not None else None
             endpoint = WSManEndpoint(
                 runner,
+                authorize=_authorizer(host) if users is not None else None,
+                psrp_runner=runner.pipeline,
+                configurations=lambda host=host: host.access.configurations(),  # type: ignore[misc]
+                pool_opened=_pool_opened(host, counters, partial(self._pause, host.computer_name)),
                 host=self.bind,
                 port=host.port,
                 users=users,
@@ -274,6 +473,14 @@ class Simulator:
     def stop(self) -> None:
         for endpoint in self.endpoints.values():
             endpoint.stop()
+
+    def _pause(self, computer_name: str, seconds: float) -> None:
+        self.endpoints[computer_name].pause(seconds)  # interrupted by the listener's stop()
+
+    def set_process_cost(self, cost: ProcessCost) -> None:
+        """What a new process costs every host from now on (tests and benchmarks)."""
+        for host in self.fleet.hosts:
+            host.set(process_cost=cost)
 
     def url(self, computer_name: str) -> str:
         return self.endpoints[computer_name].url

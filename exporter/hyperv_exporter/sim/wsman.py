@@ -31,17 +31,19 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any
 
 from .wsman_clixml import clixml_error, encode_console
 from .wsman_http import Fault, FaultKind, WSManServer
+from .wsman_psrp import PipelineRunner, PoolInfo, PsrpHost
 from .wsman_shells import (
     CMD_MAX_COMMAND_LINE,
     DEFAULT_IDLE_TIMEOUT,
     DEFAULT_MAX_SHELLS_PER_USER,
     Abort,
+    Authorizer,
     CommandResult,
     CommandRunner,
     Shell,
@@ -78,14 +80,19 @@ class WSManEndpoint:
     becomes ``Shell.username``). With ``ssl_context`` the listener serves HTTPS; if that context verifies
     client certificates, pywinrm's ``transport="certificate"`` works too (subject CN = user name, must be
     in ``users``). ``allow_unencrypted=False`` refuses plaintext SOAP over HTTP, like a default Windows
-    listener (AllowUnencrypted=false). ``latency_seconds`` is added before answering every request
-    (settable at any time).
+    listener (AllowUnencrypted=false). ``latency_seconds`` is added to every request's round trip,
+    half before handling it and half before answering (settable at any time).
 
     Beyond the contract: ``chunk_size`` (raw bytes per rsp:Stream), ``max_shells_per_user`` (WinRM's
     MaxShellsPerUser, 30 by default, ``None`` = unlimited), ``shell_idle_timeout`` (default WinRM's
     7200 s; ``None`` = never), ``shell_lifetime`` (``None`` by default; set e.g. 8 h to model hosts that
     recycle shells). stop() is a WinRM service stop: open shells are forgotten, so a later start() is a
     service restart on the same port.
+
+    PowerShell remoting (PSRP, ``wsman_psrp``): with ``psrp_runner`` the listener also serves the
+    endpoints ``configurations()`` names (lower-case; default ``microsoft.powershell``) as runspace pools;
+    ``pool_opened`` is told of every pool opened. ``authorize(user, resource URI)`` decides who may
+    create a cmd shell or a pool (``None``: everyone).
     """
 
     def __init__(
@@ -104,6 +111,10 @@ class WSManEndpoint:
         shell_lifetime: float | None = None,
         ntlm: bool = True,
         allow_unencrypted: bool = True,
+        authorize: Authorizer | None = None,
+        psrp_runner: PipelineRunner | None = None,
+        configurations: Callable[[], set[str]] | None = None,
+        pool_opened: Callable[[PoolInfo], None] | None = None,
     ) -> None:
         if chunk_size < 1:
             raise ValueError("chunk_size must be positive")
@@ -122,7 +133,16 @@ class WSManEndpoint:
             max_shells_per_user=max_shells_per_user,
             shell_idle_timeout=shell_idle_timeout,
             shell_lifetime=shell_lifetime,
+            authorize=authorize,
         )
+        if psrp_runner is not None:
+            self.service.psrp = PsrpHost(
+                psrp_runner,
+                configurations or (lambda: {"microsoft.powershell"}),
+                machine=name,
+                cond=self.service.cond,
+                pool_opened=pool_opened,
+            )
         self._bind_host = host
         self._port = port
         self._lifecycle = threading.Lock()
@@ -303,8 +323,23 @@ class WSManEndpoint:
         return self.service.counts()[0]
 
     @property
+    def pool_count(self) -> int:
+        """Open PSRP runspace pools (after expiring idle ones)."""
+        psrp = self.service.psrp
+        if psrp is None:
+            return 0
+        self.service.counts()  # expires idle shells and pools
+        with self.service.cond:
+            return psrp.count()
+
+    @property
+    def pools_opened(self) -> int:
+        """Runspace pools opened since the listener was built (a new wsmprovhost.exe each on a real host)."""
+        return self.service.psrp.pools_opened if self.service.psrp is not None else 0
+
+    @property
     def command_count(self) -> int:
-        """Commands not yet ended by Signal: a client that skips cleanup_command leaks these."""
+        """Commands and PSRP pipelines not yet ended by Signal: a client that skips it leaks these."""
         return self.service.counts()[1]
 
     @property

@@ -226,7 +226,7 @@ class WSManHandler(BaseHTTPRequestHandler):
         endpoint = self.server.endpoint
         endpoint.stats.incr("requests")
         self._discard_body()
-        endpoint.pause(endpoint.latency_seconds)
+        endpoint.pause(endpoint.latency_seconds / 2)  # the request's leg; _respond waits the answer's
         self._respond(405, b"", "text/plain", [("Allow", "POST")])
 
     do_GET = do_HEAD = do_PUT = do_DELETE = do_OPTIONS = do_PATCH = _not_allowed
@@ -238,7 +238,9 @@ class WSManHandler(BaseHTTPRequestHandler):
         body = self._read_body()
         if body is None:
             return
-        endpoint.pause(endpoint.latency_seconds)
+        # Latency is a round trip: half on the way in (here), half on the way out (_respond), so
+        # that an NTP-style clock measurement over this listener sees symmetric legs.
+        endpoint.pause(endpoint.latency_seconds / 2)
         if self.path.split("?", 1)[0].rstrip("/").lower() != "/wsman":
             self._respond(404, b"", "text/plain")
             return
@@ -451,6 +453,8 @@ class WSManHandler(BaseHTTPRequestHandler):
         content_type: str = SOAP_CONTENT_TYPE,
         headers: list[tuple[str, str]] | None = None,
     ) -> None:
+        endpoint = self.server.endpoint
+        endpoint.pause(endpoint.latency_seconds / 2)
         if self._drip is not None:
             self._respond_dripping(status, body, content_type, headers or [])
             return

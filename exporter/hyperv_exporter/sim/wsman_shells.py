@@ -18,10 +18,14 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from . import wsman_soap as soap
 from .wsman_clixml import encode_console
 from .wsman_stats import WSManStats
+
+if TYPE_CHECKING:
+    from .wsman_psrp import PsrpHost
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +78,10 @@ class CommandResult:
 #: (shell, command, arguments) -> result; called once per Command request. ``arguments`` holds the text of
 #: each rsp:Arguments element (pywinrm sends one, with its arguments joined by blanks).
 CommandRunner = Callable[[Shell, str, list[str]], CommandResult]
+
+#: (user name, resource URI) -> None to admit the user to that plug-in or endpoint, or the fault to answer
+#: its Create with (a real host checks the plug-in's security descriptor, e.g. "Access is denied").
+Authorizer = Callable[[str, str], "soap.SoapFault | None"]
 
 
 class Abort(Exception):
@@ -168,8 +176,12 @@ class ShellHost:
         max_shells_per_user: int | None,
         shell_idle_timeout: float | None,
         shell_lifetime: float | None,
+        authorize: Authorizer | None = None,
     ) -> None:
         self.runner = runner
+        self.authorize = authorize
+        # PowerShell endpoints (PSRP runspace pools), when the listener serves them (attach_psrp).
+        self.psrp: PsrpHost | None = None
         self.stats = stats
         self.chunk_size = chunk_size
         self.max_shells_per_user = max_shells_per_user
@@ -182,6 +194,11 @@ class ShellHost:
 
     # --- lifecycle --------------------------------------------------------------------------------
 
+    @property
+    def cond(self) -> threading.Condition:
+        """The lock and wake-up of every shell and pool of this listener."""
+        return self._cond
+
     def open(self) -> None:
         with self._cond:
             self._closed = False
@@ -191,18 +208,23 @@ class ShellHost:
         with self._cond:
             self._closed = True
             self._shells.clear()
+            if self.psrp is not None:
+                self.psrp.clear()
             self._cond.notify_all()
 
     def expire_all(self) -> None:
         with self._cond:
             self._shells.clear()
+            if self.psrp is not None:
+                self.psrp.clear()
             self._cond.notify_all()
 
     def counts(self) -> tuple[int, int]:
-        """(open shells, open commands), after expiring idle shells."""
+        """(open cmd shells, open commands and PSRP pipelines), after expiring idle shells and pools."""
         with self._cond:
             self._expire_locked(time.monotonic())
-            return len(self._shells), sum(len(s.commands) for s in self._shells.values())
+            pipelines = self.psrp.pipeline_count() if self.psrp is not None else 0
+            return len(self._shells), sum(len(s.commands) for s in self._shells.values()) + pipelines
 
     # --- dispatch ---------------------------------------------------------------------------------
 
@@ -214,6 +236,19 @@ class ShellHost:
         self.stats.incr(name)
         logger.debug("wsman %s shell=%s", name, req.shell_id)
         try:
+            if name == "create" and self.authorize is not None:
+                fault = self.authorize(ctx.username, req.resource_uri)
+                if fault is not None:
+                    self.stats.incr("access_denied")
+                    raise soap.RequestError(fault)
+            if req.resource_uri.lower().startswith(soap.RESOURCE_URI_POWERSHELL):
+                if self.psrp is None:
+                    name_part = req.resource_uri[len(soap.RESOURCE_URI_POWERSHELL) :]
+                    raise soap.RequestError(soap.fault_unknown_configuration(name_part, "localhost"))
+                with self._cond:
+                    closed = self._closed
+                    self._expire_locked(time.monotonic())
+                return self.psrp.dispatch(name, req, ctx, closed)
             if name == "create":
                 return self._create(req, ctx)
             if name == "command":
@@ -237,6 +272,8 @@ class ShellHost:
         return min(limits) if limits else None
 
     def _expire_locked(self, now: float) -> None:
+        if self.psrp is not None:
+            self.psrp.expire(now, self.shell_idle_timeout, self.shell_lifetime)
         for shell_id, state in list(self._shells.items()):
             idle = self._effective_idle(state)
             if (idle is not None and now - state.last_used > idle) or (

@@ -34,6 +34,8 @@ NS_F = "http://schemas.microsoft.com/wbem/wsman/1/wsmanfault"
 
 ANONYMOUS = "http://schemas.xmlsoap.org/ws/2004/08/addressing/role/anonymous"
 RESOURCE_URI_CMD = "http://schemas.microsoft.com/wbem/wsman/1/windows/shell/cmd"
+#: PowerShell remoting endpoints: this prefix plus the session configuration name (microsoft.powershell, ...).
+RESOURCE_URI_POWERSHELL = "http://schemas.microsoft.com/powershell/"
 
 ACTION_CREATE = "http://schemas.xmlsoap.org/ws/2004/09/transfer/Create"
 ACTION_DELETE = "http://schemas.xmlsoap.org/ws/2004/09/transfer/Delete"
@@ -119,6 +121,7 @@ class Request:
     max_envelope: int
     operation_timeout: float
     body: Element | None  # first child of s:Body, if any
+    resource_uri: str = RESOURCE_URI_CMD  # w:ResourceURI: which plug-in (cmd shell or a PowerShell endpoint)
 
 
 # --- faults a real host answers (codes from wsman.h / winerror.h; shapes from recordings) ------------
@@ -160,6 +163,25 @@ def fault_command_not_found() -> SoapFault:
         "does not exist. Either the command has completed execution or the client specified an invalid command "
         "identifier. ",
         detail="http://schemas.dmtf.org/wbem/wsman/1/wsman/faultDetail/UnexpectedSelectors",
+    )
+
+
+def fault_access_denied() -> SoapFault:
+    """The account may not use this plug-in or endpoint (ERROR_ACCESS_DENIED): what a Remote Management
+    Users member gets for a WinRS cmd shell (pywinrm issues #336, #338: w:AccessDenied, WSManFault code 5)."""
+    return SoapFault("s:Sender", "w:AccessDenied", "Access is denied. ", 5)
+
+
+def fault_unknown_configuration(name: str, machine: str) -> SoapFault:
+    """A PowerShell resource URI naming no registered session configuration
+    (ERROR_WSMAN_INVALID_RESOURCE_URI 0x80338001)."""
+    return SoapFault(
+        "s:Sender",
+        "w:InvalidResourceURI",
+        "The WS-Management service cannot process the request because the resource URI is invalid. ",
+        2150858753,
+        message=f"The WS-Management service cannot process the request. Cannot find the {name} session "
+        f"configuration in the WSMan: drive on the {machine} computer. ",
     )
 
 
@@ -303,8 +325,8 @@ def message_id_of(body: bytes) -> str | None:
 def parse_request(body: bytes) -> Request:
     """Parse a WS-Management request envelope; raise :class:`RequestError` with the fault to answer.
 
-    a:To is not checked (pywinrm hard-codes ``http://windows-host:5985/wsman``, reference §4.2), nor is
-    w:ResourceURI: every shell is a ``windows/shell/cmd`` shell.
+    a:To is not checked (pywinrm hard-codes ``http://windows-host:5985/wsman``, reference §4.2).
+    w:ResourceURI picks the plug-in: a ``windows/shell/cmd`` shell or a PowerShell endpoint (PSRP).
     """
     try:
         root: Element = SafeET.fromstring(body)
@@ -359,6 +381,7 @@ def parse_request(body: bytes) -> Request:
     body_node = root.find(_q(NS_S, "Body"))
     first = body_node[0] if body_node is not None and len(body_node) else None
     return Request(
+        resource_uri=text_of(NS_W, "ResourceURI") or RESOURCE_URI_CMD,
         action=action,
         message_id=message_id,
         shell_id=shell_id,

@@ -20,6 +20,7 @@ STAT_KEYS: tuple[str, ...] = (
     "injected_faults",  # requests a configured Fault applied to
     "runner_errors",  # the CommandRunner raised or returned something that is not a CommandResult
     "encrypted_requests",  # requests that arrived with NTLM (SPNEGO) message encryption and decrypted
+    "access_denied",  # Create refused by the plug-in's or endpoint's permissions ("Access is denied")
 )
 
 

@@ -202,10 +202,16 @@ def render_families(families: Iterable[Family], escaped: Escaped | None = None) 
 
 @dataclass(frozen=True, slots=True)
 class ClockExchange:
-    """Exporter-side wall-clock times around the host's run, for the NTP-style host clock offset."""
+    """Exporter-side wall-clock times around the host's run, for the host clock offset (collectors.host)."""
 
-    sent: float  # just before the Command request was sent
-    received: float  # just after the Receive that completed the command returned
+    sent: float  # just before the request that started the host's run was sent
+    received: float  # just after the first output arrived (the host's last reading precedes it)
+    # Upper bound on the one-way time from the host's last reading to ``received``, when the
+    # exchange shows one (the transport's return_leg_bound); None: the NTP interval alone.
+    return_leg: float | None = None
+    # Upper bound on the time from ``sent`` to the host's first reading, when the host runs the
+    # script in an already running process (psrp); None: a new process may start first (winrs).
+    outbound_leg: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,12 +8,21 @@ REASONS = (
     "dns",
     "timeout",
     "auth",
+    "access_denied",
     "tls",
     "redirect",
     "winrm_fault",
     "powershell",
     "parse",
     "output_too_large",
+)
+
+#: WS-Management's "Access is denied" fault (f:WSManFault Code 5, subcode w:AccessDenied): the account
+#: authenticated but may not use this endpoint, e.g. a non-administrator asking for a WinRS cmd shell.
+WSMAN_ACCESS_DENIED = 5
+ACCESS_DENIED_HINT = (
+    "the account may not open this endpoint; WinRS cmd shells (protocol: winrs) are for Administrators only: "
+    "use protocol: psrp, ideally with the read-only JEA endpoint (configuration_name: HyperVExporter)"
 )
 
 

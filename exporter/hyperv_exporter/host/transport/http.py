@@ -1,8 +1,10 @@
-"""pywinrm's HTTP transport, hardened against hostile or broken WinRM listeners.
+"""The HTTP layer under both WinRM protocols (pywinrm for WinRS, pypsrp for PSRP), hardened against
+hostile or broken WinRM listeners.
 
-pywinrm's :class:`winrm.transport.Transport` is fine against a well-behaved Windows host, but a
+:class:`HardenedHTTP` holds what both share; :class:`HardenedTransport` puts it under pywinrm and
+``psrp.py`` puts it under pypsrp. Both libraries are fine against a well-behaved Windows host, but a
 listener that misbehaves (or something impersonating one) can hurt the exporter in four ways,
-which :class:`HardenedTransport` closes:
+which :class:`HardenedHTTP` closes:
 
 - **Unbounded bodies.** ``requests`` reads every response whole (``response.content``), so a
   listener could send gigabytes. Bodies are streamed and cut at ``max_response_bytes``
@@ -74,6 +76,7 @@ __all__ = [
     "BoundedResolver",
     "DeadlineExceeded",
     "HardenedAdapter",
+    "HardenedHTTP",
     "HardenedTransport",
     "NameLookupError",
     "RedirectRefused",
@@ -397,7 +400,90 @@ class HardenedAdapter(HTTPAdapter):
         return super().build_response(req, resp)
 
 
-# -- the transport --------------------------------------------------------------------------------
+# -- the hardening every protocol shares ------------------------------------------------------------
+
+
+class HardenedHTTP:
+    """What every WinRM HTTP transport of the exporter (pywinrm's for WinRS, pypsrp's for PSRP) goes
+    through: the capped, abortable adapter, a hard deadline per request, and the checks on each answer.
+
+    Set :attr:`deadline` (``time.monotonic()`` based) before each request; ``None`` means no deadline.
+    """
+
+    def __init__(self, max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES) -> None:
+        self.max_response_bytes = max_response_bytes
+        self.adapter = HardenedAdapter(max_response_bytes)
+
+    @property
+    def deadline(self) -> float | None:
+        """Kept on the adapter: its connections bound their name lookups by it."""
+        return self.adapter.deadline
+
+    @deadline.setter
+    def deadline(self, value: float | None) -> None:
+        self.adapter.deadline = value
+
+    def harden(self, session: requests.Session) -> None:
+        """Route every request of ``session`` through the hardened adapter (idempotent)."""
+        if session.get_adapter("http://") is not self.adapter:
+            session.mount("http://", self.adapter)
+            session.mount("https://", self.adapter)
+            session.headers["Accept-Encoding"] = "identity"
+
+    def abort(self) -> None:
+        """Shut down every connection of this transport (from any thread)."""
+        self.adapter.sockets.shutdown_all()
+
+    def send(self, request: Callable[[], requests.Response]) -> requests.Response:
+        """Run one HTTP request, shutting its sockets down if it is still running at :attr:`deadline`."""
+        deadline = self.deadline
+        if deadline is None:
+            return request()
+        if deadline - time.monotonic() <= 0:
+            raise DeadlineExceeded("the probe deadline passed before the request was sent")
+        alarm = WATCHDOG.schedule(deadline, self.abort)
+        try:
+            response = request()
+        except (requests.exceptions.RequestException, OSError) as exc:
+            if alarm.cancel():
+                raise DeadlineExceeded("the probe deadline passed during the request") from exc
+            raise
+        finally:
+            fired = alarm.cancel()
+        if fired:
+            # A connection shut down mid-answer can look complete: http.client takes end of file
+            # in the headers for their end, and then reads a body of unknown length up to it.
+            raise DeadlineExceeded("the probe deadline passed during the request")
+        return response
+
+    @staticmethod
+    def check_encrypted(response: requests.Response, encrypted: bool) -> None:
+        """Refuse a 2xx answer in plaintext on a session that agreed on message encryption."""
+        if encrypted and 200 <= response.status_code < 300:
+            content_type = response.headers.get("Content-Type", "")
+            if not any(f'protocol="{p}"' in content_type for p in _ENCRYPTED_PROTOCOLS):
+                raise UnsafeResponse("the listener answered in plaintext although message encryption is on")
+
+    @staticmethod
+    def check_negotiated(response: requests.Response, negotiated: bool) -> None:
+        """Refuse the answer to the authentication request of an encrypted session if no keys were
+        negotiated: the NTLM/Negotiate libraries only negotiate when challenged with a 401, and a
+        listener answering 200 straight away would leave them without a context (AttributeError in
+        pywinrm, KeyError in pypsrp)."""
+        if not negotiated:
+            body = excerpt(response.content) if response.content else "empty body"
+            raise AuthenticationSkipped(
+                f"the listener answered HTTP {response.status_code} without an NTLM authentication step ({body})"
+            )
+
+    @staticmethod
+    def check_text(text: bytes) -> None:
+        """Refuse a (decrypted) SOAP body that declares a DTD, before any XML parser sees it."""
+        if any(marker in text for marker in _DTD_MARKERS):
+            raise UnsafeResponse("the response carries a document type declaration, which SOAP forbids")
+
+
+# -- the WinRS transport (pywinrm) ------------------------------------------------------------------
 
 
 class HardenedTransport(Transport):
@@ -410,67 +496,38 @@ class HardenedTransport(Transport):
     def __init__(self, *, max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.max_response_bytes = max_response_bytes
-        self._adapter = HardenedAdapter(max_response_bytes)
+        self.http = HardenedHTTP(max_response_bytes)
 
     @property
     def deadline(self) -> float | None:
-        return self._adapter.deadline
+        return self.http.deadline
 
     @deadline.setter
     def deadline(self, value: float | None) -> None:
-        self._adapter.deadline = value
-
-    def _harden(self, session: requests.Session) -> None:
-        if session.get_adapter("http://") is not self._adapter:
-            session.mount("http://", self._adapter)
-            session.mount("https://", self._adapter)
-            session.headers["Accept-Encoding"] = "identity"
+        self.http.deadline = value
 
     def build_session(self) -> requests.Session:
         session = super().build_session()
-        self._harden(session)
+        self.http.harden(session)
         return session
 
     def setup_encryption(self, session: requests.Session) -> None:
         # Called from inside build_session, before it returns: the set-up request needs the
         # hardened adapter too. pywinrm's own version, plus the check that keys were negotiated.
-        self._harden(session)
+        self.http.harden(session)
         prepared = session.prepare_request(requests.Request("POST", self.endpoint, data=None))
         response = self._send_message_request(session, prepared)
-        if getattr(session.auth, "session_security", True) is None:
-            # requests_ntlm negotiates only when challenged; a 200 straight away means nothing was.
-            body = excerpt(response.content or b"", 120) if len(response.content or b"") else "empty body"
-            raise AuthenticationSkipped(
-                f"the listener answered HTTP {response.status_code} without an NTLM authentication step ({body})"
-            )
+        self.http.check_negotiated(response, getattr(session.auth, "session_security", True) is not None)
         self.encryption = Encryption(session, self.auth_method)
 
     def abort(self) -> None:
         """Shut down every connection of this transport (from any thread)."""
-        self._adapter.sockets.shutdown_all()
+        self.http.abort()
 
     def _send_message_request(
         self, session: requests.Session, prepared_request: requests.PreparedRequest
     ) -> requests.Response:
-        deadline = self.deadline
-        if deadline is None:
-            return self._send_checked(session, prepared_request)
-        if deadline - time.monotonic() <= 0:
-            raise DeadlineExceeded("the probe deadline passed before the request was sent")
-        alarm = WATCHDOG.schedule(deadline, self.abort)
-        try:
-            response = self._send_checked(session, prepared_request)
-        except (requests.exceptions.RequestException, OSError) as exc:
-            if alarm.cancel():
-                raise DeadlineExceeded("the probe deadline passed during the request") from exc
-            raise
-        finally:
-            fired = alarm.cancel()
-        if fired:
-            # A connection shut down mid-answer can look complete: http.client takes end of file
-            # in the headers for their end, and then reads a body of unknown length up to it.
-            raise DeadlineExceeded("the probe deadline passed during the request")
-        return response
+        return self.http.send(lambda: self._send_checked(session, prepared_request))
 
     def _send_checked(self, session: requests.Session, prepared_request: requests.PreparedRequest) -> requests.Response:
         """pywinrm's request, except that an error body that is not UTF-8 is still an HTTP error
@@ -486,13 +543,9 @@ class HardenedTransport(Transport):
             raise WinRMTransportError("http", ex.response.status_code, text.decode("utf-8", errors="replace")) from None
 
     def _get_message_response_text(self, response: requests.Response) -> bytes:
-        if self.encryption is not None and 200 <= response.status_code < 300:
-            content_type = response.headers.get("Content-Type", "")
-            if not any(f'protocol="{p}"' in content_type for p in _ENCRYPTED_PROTOCOLS):
-                raise UnsafeResponse("the listener answered in plaintext although message encryption is on")
+        self.http.check_encrypted(response, self.encryption is not None)
         text: bytes = super()._get_message_response_text(response)
-        if any(marker in text for marker in _DTD_MARKERS):
-            raise UnsafeResponse("the response carries a document type declaration, which SOAP forbids")
+        self.http.check_text(text)
         return text
 
 

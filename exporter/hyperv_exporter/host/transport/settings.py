@@ -35,8 +35,14 @@ class Secret:
         return hash(("Secret", self._value))
 
 
+PROTOCOLS = ("psrp", "winrs")
+DEFAULT_CONFIGURATION_NAME = "microsoft.powershell"
+
+
 @dataclass(frozen=True)
 class WinRMSettings:
+    protocol: str = "psrp"  # psrp: PowerShell remoting (runspace pool kept open); winrs: a cmd shell
+    configuration_name: str = DEFAULT_CONFIGURATION_NAME  # psrp: the endpoint (HyperVExporter for JEA)
     scheme: str = "https"
     port: int = 5986
     path: str = "/wsman"

@@ -33,8 +33,8 @@ from winrm.exceptions import (
 from winrm.protocol import Protocol
 
 from hyperv_exporter import logutil
-from hyperv_exporter.host.script import SCRIPT_ENV
-from hyperv_exporter.host.transport.errors import ProbeError, excerpt
+from hyperv_exporter.host.script import SCRIPT_ENV, command_line
+from hyperv_exporter.host.transport.errors import ACCESS_DENIED_HINT, WSMAN_ACCESS_DENIED, ProbeError, excerpt
 from hyperv_exporter.host.transport.http import (
     AuthenticationSkipped,
     DeadlineExceeded,
@@ -60,9 +60,31 @@ class Exchange:
     stderr: bytes
     exit_code: int
     sent: float  # wall clock just before the Command request
-    received: float  # wall clock just after the final Receive
+    received: float  # wall clock just after the first Receive that carried stdout (or the end)
     requests: int  # HTTP requests this run made (including shell set-up)
     new_shell: bool
+    failure: str | None = None  # psrp: the pipeline did not complete (state and error records)
+    # Upper bound on the one-way time from the host's last clock reading to ``received``, when the
+    # conversation shows it (see return_leg_bound); None: only the NTP interval bounds the offset.
+    return_leg: float | None = None
+    # Upper bound on the time from ``sent`` to the host's first reading: psrp, whose pipeline runs
+    # in an already running process; None for winrs, whose new process starts first.
+    outbound_leg: float | None = None
+
+
+def return_leg_bound(round_trip: float, output_wait: float) -> float | None:
+    """How long the output can have taken from the host to us, or None when the exchange cannot say.
+
+    ``round_trip`` is the shortest round trip of a request the host answers without waiting for the
+    command (Command, Signal); ``output_wait`` the round trip of the Receive that brought the first
+    stdout. When that Receive took at least twice ``round_trip``, the host held it while the command
+    ran: it answered when the output appeared, so the output's way back is one leg of a round trip,
+    at most ``round_trip``. Otherwise the output may have waited for that Receive, and nothing
+    narrows where the host's reading lies between our send and receive times.
+    """
+    if round_trip <= 0 or output_wait < 2 * round_trip:
+        return None
+    return round_trip
 
 
 class _CountingProtocol(Protocol):
@@ -73,7 +95,11 @@ class _CountingProtocol(Protocol):
 
     def send_message(self, message: str) -> bytes:
         self.session.requests_total += 1
+        # The wire times of the request, without pywinrm's building and parsing of the XML: the
+        # host clock offset is bounded by them.
+        asked = time.time()
         result: bytes = super().send_message(message)
+        self.session.last_wire = (asked, time.time())
         return result
 
 
@@ -124,6 +150,8 @@ def classify(exc: BaseException) -> ProbeError:
         return ProbeError("timeout", "the host did not answer before the probe deadline")
     if isinstance(exc, requests.exceptions.ConnectionError):
         return ProbeError("connection", f"cannot connect: {_short(exc)}")
+    if isinstance(exc, WSManFaultError) and exc.wsman_fault_code == WSMAN_ACCESS_DENIED:
+        return ProbeError("access_denied", f"WS-Management fault 5: {exc.reason.strip()} ({ACCESS_DENIED_HINT})")
     if isinstance(exc, WSManFaultError):
         return ProbeError("winrm_fault", f"WS-Management fault {exc.wsman_fault_code or exc.code}: {exc.reason}")
     if isinstance(exc, WinRMTransportError):
@@ -179,6 +207,7 @@ class WinRMSession:
         self._shell_used = 0.0
         self.shells_opened = 0
         self.requests_total = 0
+        self.last_wire = (0.0, 0.0)  # (sent, answered) of the latest HTTP request, wall clock
         self.lock = threading.Lock()
 
     # -- plumbing ------------------------------------------------------------------------------
@@ -279,6 +308,11 @@ class WinRMSession:
         return self._protocol, self._shell_id, True
 
     # -- one run -------------------------------------------------------------------------------
+    def collect(self, sections: Sequence[str], gzip: bool, deadline: float) -> Exchange:
+        """Run the collection script for ``sections`` (the prober's entry point, as on ``psrp.PSRPSession``)."""
+        command, args = command_line(sections, gzip)
+        return self.run(command, args, deadline)
+
     def run(self, command: str, arguments: Sequence[str], deadline: float) -> Exchange:
         """Run one command on the kept shell; raises :class:`ProbeError`."""
         requests_before = self.requests_total
@@ -316,17 +350,23 @@ class WinRMSession:
         new_shell: bool,
     ) -> Exchange:
         self._arm(protocol, deadline)
-        sent = time.time()
         command_id = protocol.run_command(shell_id, command, list(arguments))
+        sent, answered = self.last_wire
+        round_trip = answered - sent
         stdout: list[bytes] = []
         stderr: list[bytes] = []
         size = 0
+        received: float | None = None  # the host's last clock reading precedes its first stdout byte
+        output_wait = 0.0
         while True:
             self._arm(protocol, deadline)
             try:
                 out, err, exit_code, done = protocol.get_command_output_raw(shell_id, command_id)
             except WinRMOperationTimeoutError:
                 continue  # the host is still working; Receive again until our deadline
+            if received is None and (out or done):
+                asked, received = self.last_wire
+                output_wait = received - asked
             size += len(out) + len(err)
             if size > self.settings.max_output_bytes:
                 self._signal(protocol, shell_id, command_id, deadline)
@@ -335,8 +375,8 @@ class WinRMSession:
             stderr.append(err)
             if done:
                 break
-        received = time.time()
-        self._signal(protocol, shell_id, command_id, deadline)
+        received = received if received is not None else time.time()  # set by the Receive that said done
+        round_trip = min(round_trip, self._signal(protocol, shell_id, command_id, deadline))
         self._shell_used = time.monotonic()
         return Exchange(
             stdout=b"".join(stdout),
@@ -346,10 +386,14 @@ class WinRMSession:
             received=received,
             requests=self.requests_total - requests_before,
             new_shell=new_shell,
+            return_leg=return_leg_bound(round_trip, output_wait),
         )
 
-    def _signal(self, protocol: _CountingProtocol, shell_id: str, command_id: str, deadline: float) -> None:
+    def _signal(self, protocol: _CountingProtocol, shell_id: str, command_id: str, deadline: float) -> float:
+        """Signal terminate; returns its round trip (the host answers it at once)."""
         # Signal terminate releases the command's resources on the host; the shell stays open.
         # It may use a second past the deadline: skipping it would leak the command on the host.
         self._arm(protocol, deadline + 1.0)
         protocol.cleanup_command(shell_id, command_id)
+        asked, answered = self.last_wire
+        return answered - asked

@@ -1,0 +1,240 @@
+"""The PSRP transport for real: pypsrp against the simulator's PowerShell endpoints over HTTP(S) on
+loopback. Every auth transport, message encryption, TLS validation, the runspace pool kept across
+probes and reopened when the host drops it, the deadline while opening, the response caps."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conftest import ConfigurableStack, sample
+from hyperv_exporter.sim.wsman import Fault
+from hyperv_exporter.sim.wsman_psrp import PoolInfo
+from pki import Pki
+
+TARGET = "HV-LONDON-01"
+COLLECTORS = ("host", "vm", "integration_services", "kvp", "resources", "replication", "checkpoints")
+
+PSRP_BASIC_HTTP = """      protocol: psrp
+      scheme: http
+      transport: basic
+      allow_unencrypted: true
+      message_encryption: never
+      username: monitor
+      password_file: {password_file}
+      max_output_bytes: 8MiB"""
+
+PSRP_NTLM_HTTP = """      protocol: psrp
+      scheme: http
+      transport: ntlm
+      username: monitor
+      password_file: {password_file}"""
+
+
+def https_psrp(pki: Pki, transport: str, ca: str = "ca") -> str:
+    lines = [
+        "      protocol: psrp",
+        "      scheme: https",
+        f"      transport: {transport}",
+        f"      ca_file: {pki[ca].cert}",
+    ]
+    if transport == "certificate":
+        lines += [f"      client_cert_file: {pki.client.cert}", f"      client_key_file: {pki.client.key}"]
+    else:
+        lines += ["      username: monitor", "      password_file: {password_file}"]
+    return "\n".join(lines)
+
+
+@pytest.fixture
+def stacks() -> Iterator[list[ConfigurableStack]]:
+    started: list[ConfigurableStack] = []
+    yield started
+    for stack in started:
+        stack.stop()
+
+
+def make(stacks: list[ConfigurableStack], tmp_path: Path, **kwargs: object) -> ConfigurableStack:
+    directory = tmp_path / f"stack{len(stacks)}"
+    directory.mkdir()
+    stack = ConfigurableStack(directory, **kwargs)  # type: ignore[arg-type]
+    stacks.append(stack)
+    return stack
+
+
+def debug(stack: ConfigurableStack, target: str = TARGET) -> str:
+    return stack.get(f"/probe?module=default&target={target}&debug=true")[1]
+
+
+def assert_complete(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], stack: ConfigurableStack) -> None:
+    assert sample(samples, "hyperv_up") == 1.0, debug(stack)
+    for collector in COLLECTORS:
+        assert sample(samples, "hyperv_collector_success", collector=collector) == 1.0, collector
+
+
+def requests_of(stack: ConfigurableStack) -> int:
+    return stack.sim.endpoint(TARGET).stats["requests"]
+
+
+# -- auth transports, encryption, TLS ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("transport", ["basic", "ntlm", "certificate"])
+def test_every_auth_transport_over_https(
+    stacks: list[ConfigurableStack], tmp_path: Path, pki: Pki, transport: str
+) -> None:
+    stack = make(
+        stacks,
+        tmp_path,
+        winrm=https_psrp(pki, transport),
+        ssl_context=pki.server_context(client_ca=pki.ca),
+        allow_unencrypted=False,
+    )
+    assert_complete(stack.probe(TARGET), stack)
+    endpoint = stack.sim.endpoint(TARGET)
+    assert endpoint.pool_count == 1 and endpoint.shell_count == 0  # a runspace pool, no cmd shell
+    assert endpoint.stats["encrypted_requests"] == 0  # TLS protects the messages; no SPNEGO sealing on top
+
+
+def test_ntlm_message_encryption_over_http(stacks: list[ConfigurableStack], tmp_path: Path) -> None:
+    # allow_unencrypted=False: the listener refuses plaintext SOAP, as a default Windows listener does.
+    stack = make(stacks, tmp_path, winrm=PSRP_NTLM_HTTP, allow_unencrypted=False)
+    assert_complete(stack.probe(TARGET), stack)
+    stats = stack.sim.endpoint(TARGET).stats
+    # Everything after the NTLM handshake (401, challenge, the empty POST that sets up the context) is sealed.
+    assert stats["encrypted_requests"] == stats["requests"] - 3 >= 4
+
+
+def test_a_plaintext_answer_on_an_encrypted_session_is_refused(stacks: list[ConfigurableStack], tmp_path: Path) -> None:
+    stack = make(stacks, tmp_path, winrm=PSRP_NTLM_HTTP)
+    assert sample(stack.probe(TARGET), "hyperv_up") == 1.0
+    stack.sim.endpoint(TARGET).fault = Fault("plaintext")
+    assert sample(stack.probe(TARGET), "hyperv_up") == 0.0
+    text = debug(stack)
+    assert "failed (winrm_fault)" in text and "plaintext" in text, text
+
+
+@pytest.mark.parametrize(
+    ("server_cert", "ca", "message"),
+    [("stranger_server", "ca", "unable to get local issuer certificate"), ("expired_server", "ca", "expired")],
+    ids=["wrong_ca", "expired"],
+)
+def test_certificate_problems_are_tls_errors(
+    stacks: list[ConfigurableStack], tmp_path: Path, pki: Pki, server_cert: str, ca: str, message: str
+) -> None:
+    stack = make(stacks, tmp_path, winrm=https_psrp(pki, "basic", ca), ssl_context=pki.server_context(pki[server_cert]))
+    assert sample(stack.probe(TARGET), "hyperv_up") == 0.0
+    text = debug(stack)
+    assert "failed (tls)" in text and message in text, text
+    assert requests_of(stack) == 0  # nothing was sent, credentials included
+
+
+def test_wrong_password_is_an_auth_error(stacks: list[ConfigurableStack], tmp_path: Path) -> None:
+    stack = make(stacks, tmp_path, winrm=PSRP_NTLM_HTTP)
+    stack.fleet.host(TARGET).set(password="another-password")
+    assert sample(stack.probe(TARGET), "hyperv_up") == 0.0
+    assert "failed (auth)" in debug(stack)
+
+
+# -- the kept runspace pool -------------------------------------------------------------------------
+
+
+def test_the_pool_is_kept_and_a_probe_is_one_pipeline(stacks: list[ConfigurableStack], tmp_path: Path) -> None:
+    stack = make(stacks, tmp_path, winrm=PSRP_BASIC_HTTP)
+    endpoint = stack.sim.endpoint(TARGET)
+    assert_complete(stack.probe(TARGET), stack)
+    first = requests_of(stack)
+    # Create, three Receives (SESSION_CAPABILITY, APPLICATION_PRIVATE_DATA, RUNSPACEPOOL_STATE: one each,
+    # as a real host answers), Command, Receive (output and pipeline state), Signal.
+    assert first == 7
+    for _ in range(3):
+        assert_complete(stack.probe(TARGET), stack)
+    assert requests_of(stack) - first == 3 * 3  # Command, Receive, Signal: nothing else
+    assert endpoint.pools_opened == 1  # no new wsmprovhost.exe per probe
+    assert endpoint.command_count == 0  # every pipeline was ended with Signal
+
+
+@pytest.mark.parametrize("drop", ["idle_timeout", "service_restart"])
+def test_the_pool_is_reopened_when_the_host_drops_it(
+    stacks: list[ConfigurableStack], tmp_path: Path, drop: str
+) -> None:
+    stack = make(stacks, tmp_path, winrm=PSRP_BASIC_HTTP)
+    endpoint = stack.sim.endpoint(TARGET)
+    assert_complete(stack.probe(TARGET), stack)
+    if drop == "idle_timeout":
+        endpoint.expire_shells()
+    else:
+        endpoint.stop()
+        endpoint.start()  # the same port; the WinRM service forgot every shell
+    assert_complete(stack.probe(TARGET), stack)  # the stale pool's fault is answered by opening a new one
+    assert endpoint.pools_opened == 2 and endpoint.pool_count == 1
+
+
+def test_a_broken_connection_drops_the_pool_and_the_next_probe_reopens_it(
+    stacks: list[ConfigurableStack], tmp_path: Path
+) -> None:
+    stack = make(stacks, tmp_path, winrm=PSRP_BASIC_HTTP)
+    endpoint = stack.sim.endpoint(TARGET)
+    assert_complete(stack.probe(TARGET), stack)
+    endpoint.fault = Fault("reset", times=1)
+    text = debug(stack)
+    assert "failed (connection)" in text, text
+    assert_complete(stack.probe(TARGET), stack)
+    assert endpoint.pools_opened == 2
+
+
+def test_a_deadline_that_expires_while_opening_the_pool(stacks: list[ConfigurableStack], tmp_path: Path) -> None:
+    stack = make(stacks, tmp_path, winrm=PSRP_BASIC_HTTP, module="    cache_ttl: 0s\n    timeout: 1s")
+    psrp = stack.sim.endpoint(TARGET).service.psrp
+    assert psrp is not None
+    release = threading.Event()
+
+    def slow_start(pool: PoolInfo) -> None:
+        release.wait(10)  # the host takes longer to start wsmprovhost.exe than the probe may last
+
+    psrp.pool_opened = slow_start
+    try:
+        assert sample(stack.probe(TARGET), "hyperv_up") == 0.0
+        text = debug(stack)
+        assert "failed (timeout)" in text, text
+    finally:
+        release.set()
+    psrp.pool_opened = None
+    assert_complete(stack.probe(TARGET), stack)
+
+
+def test_a_hanging_host_is_a_timeout(stacks: list[ConfigurableStack], tmp_path: Path) -> None:
+    stack = make(stacks, tmp_path, winrm=PSRP_BASIC_HTTP, module="    cache_ttl: 0s\n    timeout: 1s")
+    assert sample(stack.probe(TARGET), "hyperv_up") == 1.0
+    stack.sim.endpoint(TARGET).fault = Fault("hang")
+    text = debug(stack)
+    stack.sim.endpoint(TARGET).fault = None
+    assert "failed (timeout)" in text, text
+
+
+# -- caps -------------------------------------------------------------------------------------------
+
+
+def test_a_huge_http_response_is_cut_at_the_response_cap(stacks: list[ConfigurableStack], tmp_path: Path) -> None:
+    stack = make(stacks, tmp_path, winrm=PSRP_BASIC_HTTP)
+    stack.sim.endpoint(TARGET).fault = Fault("huge_body", size=32 * 1024 * 1024)
+    assert sample(stack.probe(TARGET), "hyperv_up") == 0.0
+    text = debug(stack)
+    assert "failed (output_too_large)" in text and "exceeds 4194304 bytes" in text, text
+
+
+def test_the_output_cap_stops_the_pipeline(stacks: list[ConfigurableStack], tmp_path: Path) -> None:
+    stack = make(stacks, tmp_path, winrm=PSRP_BASIC_HTTP.replace("max_output_bytes: 8MiB", "max_output_bytes: 1KiB"))
+    text = debug(stack)
+    assert "failed (output_too_large)" in text, text
+    endpoint = stack.sim.endpoint(TARGET)
+    assert endpoint.command_count == 0 and endpoint.pool_count == 1  # pipeline ended; the pool stays
+
+
+def test_an_unknown_endpoint_is_a_winrm_fault(stacks: list[ConfigurableStack], tmp_path: Path) -> None:
+    stack = make(stacks, tmp_path, winrm=PSRP_BASIC_HTTP + "\n      configuration_name: NoSuchEndpoint")
+    assert sample(stack.probe(TARGET), "hyperv_up") == 0.0
+    text = debug(stack)
+    assert "failed (winrm_fault)" in text and "Cannot find the NoSuchEndpoint session configuration" in text, text
