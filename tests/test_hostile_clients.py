@@ -125,6 +125,37 @@ def test_connections_being_answered_are_never_cut_and_the_overflow_gets_503() ->
     assert results == [200, 200, 200]
 
 
+def test_clients_slowed_down_for_failing_logins_make_room_at_the_cap(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hyperv_exporter.web import auth as auth_module
+
+    monkeypatch.setattr(auth_module.FailureThrottle, "failed", lambda self, client, now=None: 30.0)
+    hashed = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=4)).decode()
+    (tmp_path / "web.yml").write_text(f"basic_auth_users:\n  {USER}: '{hashed}'\n")
+    server = WebServer(["127.0.0.1:0"], lambda r: Response(body="Healthy\n"), name="test",
+                       web_config_file=str(tmp_path / "web.yml"), max_connections=2)  # fmt: skip
+    server.start()
+    wrong = "Basic " + base64.b64encode(f"{USER}:wrong".encode()).decode()
+    right = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+    flooders = [socket.create_connection(server.addresses[0], timeout=10) for _ in range(2)]
+    try:
+        for sock in flooders:  # both slots now sleep in the throttle
+            sock.sendall(f"GET / HTTP/1.1\r\nHost: x\r\nAuthorization: {wrong}\r\n\r\n".encode())
+        state = server._state
+        assert state is not None
+        deadline = time.monotonic() + 10
+        while len(state.waiting) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        reply = raw_exchange(server, f"GET /-/healthy HTTP/1.1\r\nHost: x\r\nAuthorization: {right}\r\n"
+                                     "Connection: close\r\n\r\n".encode())  # fmt: skip
+        assert reply.startswith(b"HTTP/1.1 200 "), reply[:200]
+    finally:
+        for sock in flooders:
+            sock.close()
+        server.stop()
+
+
 def test_max_connections_flag_in_both_programs() -> None:
     from hyperv_exporter.guest.cli import build_parser as guest_parser
 

@@ -332,8 +332,11 @@ class _ConnectionHandler(http.server.BaseHTTPRequestHandler):
             credentials = parse_basic_auth(self.headers.get("Authorization"))
             if credentials is None or not self.state.authenticator.check(config.basic_auth_users, *credentials):
                 if credentials is not None:
-                    # Slows the flood's own connection down; its thread sleeps, the CPU stays free.
+                    # Slows the flood's own connection down; its thread sleeps, the CPU stays free,
+                    # and meanwhile it may be cut to make room for a new connection (at the cap).
+                    self.state.set_waiting(self.connection, True)
                     self.state.stopping.wait(self.state.throttle.failed(_client_ip(self.client_address[0])))
+                    self.state.set_waiting(self.connection, False)
                 realm = self.state.name.replace("\\", "\\\\").replace('"', '\\"')
                 denied = Response(
                     status=401, body="Unauthorized\n", headers={"WWW-Authenticate": f'Basic realm="{realm}"'}
