@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", type=Path, help="also write the raw results as JSON")
     for name, (full, quick) in DEFAULTS.items():
         p.add_argument(f"--{name.replace('_', '-')}", type=type(full), help=f"(default: {full}; --quick: {quick})")
-    p.add_argument("--skip", default="", help="comma-separated parts to skip: host, fleet, guest")
+    p.add_argument("--skip", default="", help="comma-separated parts to skip: host, fleet, guest, cost")
     return p
 
 
@@ -136,6 +136,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if output is not None and not args.no_write:
         write_into(output, text)
         print(f"wrote {output}")
+    if "cost" not in skip and not args.quick:
+        # What a probe costs the host, per protocol, in its own section (benchmarks/host_cost.py; it
+        # waits out real process start-ups, so --quick leaves it to `python -m benchmarks.host_cost --quick`).
+        from benchmarks import host_cost
+
+        host_cost.main(["--no-write"] if output is None or args.no_write else ["--output", str(output)])
     return 0
 
 
@@ -389,14 +395,14 @@ def targets(r: Results) -> str:
     return table(["target", "goal", "measured", ""], rows)
 
 
-def write_into(path: Path, text: str) -> None:
-    """Replace the text between the benchmark markers (or append a marked section)."""
-    block = f"{BEGIN}\n{text}{END}"
+def write_into(path: Path, text: str, begin: str = BEGIN, end: str = END, heading: str = "## Results") -> None:
+    """Replace the text between the benchmark markers (or append a marked section under ``heading``)."""
+    block = f"{begin}\n{text}{end}"
     old = path.read_text(encoding="utf-8") if path.exists() else "# Performance\n"
-    if BEGIN in old and END in old:
-        new = old[: old.index(BEGIN)] + block + old[old.index(END) + len(END) :]
+    if begin in old and end in old:
+        new = old[: old.index(begin)] + block + old[old.index(end) + len(end) :]
     else:
-        new = old.rstrip("\n") + "\n\n## Results\n\n" + block + "\n"
+        new = old.rstrip("\n") + f"\n\n{heading}\n\n" + block + "\n"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(new, encoding="utf-8")
 

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from hyperv_exporter.host.cli import Running, build_parser, start
 from hyperv_exporter.sim.cost import NO_COST
@@ -17,6 +18,12 @@ from pki import Pki
 
 REPO = Path(__file__).resolve().parent.parent
 IN_CI = os.environ.get("HYPERV_EXPORTER_CI") == "1"
+
+# Property tests explore a fixed sequence of examples so a run is reproducible: a failure on CI is a failure
+# on every machine. HYPOTHESIS_PROFILE=explore searches fresh random examples (and keeps a local database).
+settings.register_profile("deterministic", derandomize=True, database=None)
+settings.register_profile("explore", derandomize=False)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "deterministic"))
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

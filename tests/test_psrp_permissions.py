@@ -163,11 +163,14 @@ def test_jea_refuses_script_text_and_runs_only_its_command(stacks: list[Configur
         other.close()
 
         report = PowerShell(runspace)
-        report.add_cmdlet("Get-HyperVExporterReport").add_parameter("Collectors", "vm")
+        report.add_cmdlet("Get-HyperVExporterReport").add_parameter("Collectors", "vm,kvp")
+        report.add_parameter("KvpKeys", ["OSName"])
         (text,) = report.invoke()
         assert report.state == PSInvocationState.COMPLETED
         document = json.loads(text)
         assert document["Host"]["ComputerName"] == TARGET and document["VMs"]
+        items = [item for vm in document["VMs"] if vm["Kvp"] for item in vm["Kvp"]["GuestIntrinsicExchangeItems"]]
+        assert items and all("OSName" in item for item in items)  # filtered on the host (-KvpKeys)
         report.close()
 
 

@@ -186,8 +186,11 @@ def test_a_broken_connection_drops_the_pool_and_the_next_probe_reopens_it(
 
 
 def test_a_deadline_that_expires_while_opening_the_pool(stacks: list[ConfigurableStack], tmp_path: Path) -> None:
+    """The probe answers timeout by its deadline; the opening goes on (bounded) and the next probe uses
+    that pool instead of starting over, so a host slower to open a pool than a scrape timeout converges."""
     stack = make(stacks, tmp_path, winrm=PSRP_BASIC_HTTP, module="    cache_ttl: 0s\n    timeout: 1s")
-    psrp = stack.sim.endpoint(TARGET).service.psrp
+    endpoint = stack.sim.endpoint(TARGET)
+    psrp = endpoint.service.psrp
     assert psrp is not None
     release = threading.Event()
 
@@ -196,13 +199,12 @@ def test_a_deadline_that_expires_while_opening_the_pool(stacks: list[Configurabl
 
     psrp.pool_opened = slow_start
     try:
-        assert sample(stack.probe(TARGET), "hyperv_up") == 0.0
         text = debug(stack)
-        assert "failed (timeout)" in text, text
+        assert "failed (timeout)" in text and "opening the runspace pool" in text, text
     finally:
         release.set()
-    psrp.pool_opened = None
     assert_complete(stack.probe(TARGET), stack)
+    assert endpoint.pools_opened == 1 and endpoint.pool_count == 1
 
 
 def test_a_hanging_host_is_a_timeout(stacks: list[ConfigurableStack], tmp_path: Path) -> None:
@@ -238,3 +240,79 @@ def test_an_unknown_endpoint_is_a_winrm_fault(stacks: list[ConfigurableStack], t
     assert sample(stack.probe(TARGET), "hyperv_up") == 0.0
     text = debug(stack)
     assert "failed (winrm_fault)" in text and "Cannot find the NoSuchEndpoint session configuration" in text, text
+
+
+def test_a_redirect_is_never_followed() -> None:
+    """A listener answering 307 to another address: the credentials never reach it."""
+    import http.server
+    import time
+
+    from hyperv_exporter.host import script
+    from hyperv_exporter.host.transport.errors import ProbeError
+    from hyperv_exporter.host.transport.psrp import PSRPSession
+    from hyperv_exporter.host.transport.settings import Secret, WinRMSettings
+
+    reached: list[str] = []
+
+    class Elsewhere(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            reached.append(self.headers.get("Authorization", ""))
+            self.send_response(500)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    elsewhere = http.server.HTTPServer(("127.0.0.1", 0), Elsewhere)
+
+    class Redirecting(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            self.send_response(307)
+            self.send_header("Location", f"http://127.0.0.1:{elsewhere.server_port}/wsman")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    redirecting = http.server.HTTPServer(("127.0.0.1", 0), Redirecting)
+    threads = [threading.Thread(target=s.serve_forever, daemon=True) for s in (elsewhere, redirecting)]
+    for thread in threads:
+        thread.start()
+    try:
+        settings = WinRMSettings(
+            scheme="http",
+            transport="basic",
+            username="monitor",
+            password=Secret("redirect-test-password"),
+            allow_unencrypted=True,
+            message_encryption="never",
+        )
+        session = PSRPSession(f"http://127.0.0.1:{redirecting.server_port}/wsman", settings, script.script_text())
+        with pytest.raises(ProbeError, match="redirect") as raised:
+            session.collect(["vm"], True, time.monotonic() + 5)
+        # The hardened adapter's refusal, as on winrs (tests/test_hostile_hosts.py).
+        assert raised.value.reason == "redirect"
+        assert f"127.0.0.1:{elsewhere.server_port}" in str(raised.value)
+        assert reached == []
+    finally:
+        for server in (elsewhere, redirecting):
+            server.shutdown()
+            server.server_close()
+
+
+def test_without_ca_file_the_system_trust_store_is_used_and_requests_ca_bundle_is_not(
+    stacks: list[ConfigurableStack], tmp_path: Path, pki: Pki, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hyperv_exporter.host.transport import http
+
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(pki.other_ca.cert))  # requests would use it; the exporter must not
+    monkeypatch.setenv("SSL_CERT_FILE", str(pki.ca.cert))  # how OpenSSL locates the system store
+    http.system_ca_path.cache_clear()
+    try:
+        winrm = "\n".join(line for line in https_psrp(pki, "basic").splitlines() if "ca_file" not in line)
+        stack = make(stacks, tmp_path, winrm=winrm, ssl_context=pki.server_context())
+        assert_complete(stack.probe(TARGET), stack)
+    finally:
+        http.system_ca_path.cache_clear()

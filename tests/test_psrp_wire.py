@@ -128,3 +128,32 @@ def test_a_pipeline_answers_one_stream_per_message_then_done(conversation: list[
     state = receive[-1]
     assert state.tag == f"{{{NS['rsp']}}}CommandState" and state.get("State", "").endswith("/CommandState/Done")
     assert state.findtext("rsp:ExitCode", namespaces=NS) == "0"
+
+
+def test_a_pipeline_larger_than_one_envelope_arrives_whole_through_send() -> None:
+    """CREATE_PIPELINE fragments beyond the first travel in Send requests (stdin); the host sees the
+    whole command only once the last fragment arrived."""
+    seen: list[Command] = []
+
+    def remember(pool: PoolInfo, commands: list[Command]) -> PipelineResult:
+        seen.extend(commands)
+        return PipelineResult(output=["ok"])
+
+    endpoint = WSManEndpoint(lambda *args: None, users={"monitor": "pw"}, psrp_runner=remember)  # type: ignore[arg-type,return-value]
+    with endpoint:
+        wsman = WSMan(
+            "127.0.0.1",
+            port=endpoint.port,
+            ssl=False,
+            auth="basic",
+            username="monitor",
+            password="pw",
+            encryption="never",
+        )
+        with RunspacePool(wsman) as pool:
+            ps = PowerShell(pool)
+            ps.add_script("#" + "x" * 1_200_000)  # more than two 500 KiB envelopes
+            assert ps.invoke() == ["ok"]
+            ps.close()
+        assert endpoint.stats["send"] >= 2
+    assert [len(c.text) for c in seen] == [1_200_001]

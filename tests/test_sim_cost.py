@@ -22,7 +22,7 @@ from conftest import Stack
 from hyperv_exporter.host import cimxml, report, script
 from hyperv_exporter.host.cli import build_parser, start
 from hyperv_exporter.host.collectors import DEFAULT_COLLECTORS, sections_for
-from hyperv_exporter.host.collectors.host import host_clock_offset
+from hyperv_exporter.host.collectors.host import HOST_TAIL_SECONDS, host_clock_offset
 from hyperv_exporter.host.transport.psrp import PSRPSession
 from hyperv_exporter.host.transport.settings import Secret, WinRMSettings
 from hyperv_exporter.host.transport.winrs import WinRMSession, return_leg_bound
@@ -86,6 +86,10 @@ def test_demo_charges_a_real_hosts_process_cost() -> None:
     try:
         assert running.simulator is not None
         assert {h.process_cost for h in running.simulator.fleet.hosts} == {WINDOWS}
+        # The simulated hosts' counters are on the demo exporter's own /metrics.
+        metrics = _metrics(running.server.urls[0] + "/metrics")
+        for host in running.simulator.fleet.hosts:
+            assert metrics[("hyperv_sim_processes_started_total", (("host", host.computer_name), ("image", POWERSHELL)))] == 0
     finally:
         running.stop()
 
@@ -252,24 +256,9 @@ def test_the_offset_rests_on_the_return_leg_when_the_host_held_the_answer() -> N
     assert ntp_width >= abs(ntp - offset)  # ...and the NTP interval still contains the truth
     measured, width = host_clock_offset(t1, t2, t3, t4, return_leg=2 * leg)
     assert measured == pytest.approx(offset)
-    assert width == pytest.approx(leg)
+    assert width == pytest.approx(leg + HOST_TAIL_SECONDS)  # the host's work after its reading: unseen
     # A return leg longer than the NTP interval allows changes nothing.
     assert host_clock_offset(t1, t2, t3, t4, return_leg=10.0) == (ntp, ntp_width)
-
-
-def test_the_offset_rests_on_the_outbound_leg_when_the_process_was_running() -> None:
-    """Synthetic psrp times: the pipeline's first line runs as the request arrives; its output then
-    waits 0.4 s for our next Receive, which would bias the NTP midpoint by 0.2 s."""
-    offset, leg, run, wait = -3.0, 0.025, 0.05, 0.4
-    t1 = 2000.0
-    t2 = t1 + leg + offset
-    t3 = t2 + run
-    t4 = t3 - offset + wait + leg
-    ntp, _ = host_clock_offset(t1, t2, t3, t4)
-    assert ntp - offset == pytest.approx(-wait / 2)
-    measured, width = host_clock_offset(t1, t2, t3, t4, outbound_leg=2 * leg)
-    assert measured == pytest.approx(offset)
-    assert width == pytest.approx(leg)
 
 
 def test_the_return_leg_is_bounded_only_when_the_host_held_the_receive() -> None:
@@ -281,8 +270,9 @@ def test_the_return_leg_is_bounded_only_when_the_host_held_the_receive() -> None
 @pytest.mark.parametrize("protocol", ["winrs", "psrp"])
 def test_the_host_clock_offset_is_unbiased_by_the_process_start_up(protocol: str) -> None:
     """Simulated: 50 ms round trip, 0.4 s start-up of every new process (powershell.exe per winrs
-    command, wsmprovhost.exe per psrp runspace pool). Two probes: the first opens the shell or pool."""
-    fleet = generate_fleet(1, 20, latency=0.05, run_seconds=0.05, password=PASSWORD)
+    command, wsmprovhost.exe per psrp runspace pool), a collection that runs 0.2 s (longer than a
+    round trip, as on any real host). Two probes: the first opens the shell or the pool."""
+    fleet = generate_fleet(1, 20, latency=0.05, run_seconds=0.2, password=PASSWORD)
     (host,) = fleet.hosts
     host.clock_offset = 0.7
     cost = ProcessCost(start_seconds=0.4, import_seconds=0.1)
@@ -299,22 +289,37 @@ def test_the_host_clock_offset_is_unbiased_by_the_process_start_up(protocol: str
         text = report.decode_output(exchange.stdout, 1 << 24)
         parsed = report.parse_report(text, cimxml.allowlist(("OSName",), 100), frozenset({"guest_intrinsic"}))
         assert parsed.clock_start is not None and parsed.clock_end is not None
-        if protocol == "winrs":
-            assert exchange.return_leg is not None  # the host held the Receive for the half second
-        else:
-            assert exchange.outbound_leg is not None  # the runspace pool's process was running
+        assert exchange.return_leg is not None  # the host held the Receive while the script ran
         offset, uncertainty = host_clock_offset(
-            exchange.sent,
-            parsed.clock_start,
-            parsed.clock_end,
-            exchange.received,
-            exchange.return_leg,
-            exchange.outbound_leg,
+            exchange.sent, parsed.clock_start, parsed.clock_end, exchange.received, exchange.return_leg
         )
         error = offset - host.clock_offset
         assert abs(error) <= uncertainty  # honest
         assert uncertainty < 0.1  # half a round trip plus scheduling, not the start-up
-    if protocol == "winrs":
-        exchange = exchanges[-1]
-        ntp, _ = host_clock_offset(exchange.sent, parsed.clock_start, parsed.clock_end, exchange.received)
-        assert ntp - host.clock_offset > cost.start_seconds / 4  # what the midpoint alone would have said
+    exchange = exchanges[-1]
+    ntp, _ = host_clock_offset(exchange.sent, parsed.clock_start, parsed.clock_end, exchange.received)
+    if protocol == "winrs":  # what the midpoint alone would have said: half the start-up off
+        assert ntp - host.clock_offset > cost.start_seconds / 4
+
+
+def test_without_gzip_the_offset_takes_the_last_output_and_stays_honest() -> None:
+    """Without -Gzip the script may print its document in parts before its end clock: the exporter
+    then bounds that reading by the output's last arrival, not its first (the NTP interval only)."""
+    fleet = generate_fleet(1, 5, latency=0.02, run_seconds=0.1, password=PASSWORD)
+    (host,) = fleet.hosts
+    host.clock_offset = -1.5
+    sim = Simulator(fleet, process_cost=ProcessCost(start_seconds=0.2))
+    sim.start()
+    session = _session(sim.url(host.computer_name), "winrs")
+    try:
+        exchange = session.collect(sections_for(DEFAULT_COLLECTORS), False, time.monotonic() + 30)
+    finally:
+        session.close()
+        sim.stop()
+    parsed = report.parse_report(
+        report.decode_output(exchange.stdout, 1 << 24), cimxml.allowlist(("OSName",), 100), frozenset()
+    )
+    assert parsed.clock_start is not None and parsed.clock_end is not None
+    assert exchange.return_leg is None
+    offset, uncertainty = host_clock_offset(exchange.sent, parsed.clock_start, parsed.clock_end, exchange.received)
+    assert abs(offset - host.clock_offset) <= uncertainty

@@ -171,6 +171,12 @@ def start(args: argparse.Namespace) -> Running:
         def reloader() -> Config:
             return load_config(config_file)
 
+    if simulator is not None:
+        # --demo: the simulated hosts' own counters (requests, processes started, host CPU) beside the
+        # exporter's, so the demo shows what each probe costs a host.
+        from hyperv_exporter.sim.metrics import SimulatorCollector  # noqa: PLC0415
+
+        metrics.registry.register(SimulatorCollector(simulator))
     app = ExporterApp(
         config=config,
         prober=prober,

@@ -10,6 +10,7 @@ blackbox_exporter convention)::
     hyperv_last_success_timestamp_seconds 1.7e9
     hyperv_collector_success{collector="kvp"} 1
     hyperv_collector_duration_seconds{collector="kvp"} 0.08    (time the collector's queries took on the host)
+    hyperv_collector_vm_problems{collector="kvp"} 0            (VMs that lost their data in that section)
 
 followed by the families of every enabled collector that succeeded.
 """
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 
 from prometheus_client.core import Metric
 
-from hyperv_exporter import logutil
+from hyperv_exporter import logutil, openmetrics
 from hyperv_exporter.host.collectors import COLLECTORS
 from hyperv_exporter.host.collectors.base import CollectorContext, Escaped, Family, single
 from hyperv_exporter.host.probe import ProbeResult
@@ -84,6 +85,12 @@ def _collect(result: ProbeResult, timeout: float, last_success: float | None) ->
     duration = Family(
         "hyperv_collector_duration_seconds", "Time the collector's queries took on the host.", ("collector",)
     )
+    vm_problems = Family(
+        "hyperv_collector_vm_problems",
+        "VMs that lost their data in the collector's part of this probe (a VM that vanished mid-probe, one without "
+        "integration components); the collector's other VMs are unaffected.",
+        ("collector",),
+    )
     families: list[Family] = []
     lines: list[str] = []  # the collectors' text; the head goes in front once success and duration are known
     report = result.report
@@ -110,7 +117,8 @@ def _collect(result: ProbeResult, timeout: float, last_success: float | None) ->
             section = report.sections.get(COLLECTORS[name].report_section)
             if section is not None and section.seconds is not None:
                 duration.add((name,), section.seconds)
-    head += [success, duration]
+            vm_problems.add((name,), float(report.vm_problems.get(COLLECTORS[name].report_section, 0)))
+    head += [success, duration, vm_problems]
     head_lines: list[str] = []
     for family in head:
         family.render_into(head_lines, escaped)
@@ -119,6 +127,12 @@ def _collect(result: ProbeResult, timeout: float, last_success: float | None) ->
 
 def render(result: ProbeResult, timeout: float) -> bytes:
     return _collect(result, timeout, result.collected_at).text.encode("utf-8")
+
+
+def render_openmetrics(result: ProbeResult, timeout: float) -> bytes:
+    """:func:`render` as OpenMetrics 1.0 (for a scraper that asks for it; see hyperv_exporter.openmetrics)."""
+    output = _collect(result, timeout, result.collected_at)
+    return openmetrics.text_to_openmetrics(output.text, output.families).encode("utf-8")
 
 
 def families(result: ProbeResult, timeout: float) -> list[Metric]:

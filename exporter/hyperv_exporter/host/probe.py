@@ -328,10 +328,12 @@ class Prober:
             entry.session = kind(module.endpoint_url(target), module.winrm, script.script_text())
         session = entry.session
         shells_before = session.shells_opened
+        requests_before = session.requests_total
         try:
             with session.lock:
                 result.note(f"probing {session.url} with collectors {','.join(collectors)}")
-                exchange = session.collect(sections_for(collectors), module.winrm.gzip, deadline)
+                kvp_keys = report.kvp_keys_read(module.kvp.keys)  # filtered on the host (collect.ps1 -KvpKeys)
+                exchange = session.collect(sections_for(collectors), module.winrm.gzip, deadline, kvp_keys)
             result.requests = exchange.requests
             result.output_bytes = len(exchange.stdout)
             result.note(
@@ -346,7 +348,7 @@ class Prober:
             text = report.decode_output(exchange.stdout, module.winrm.max_output_bytes)
             kvp_filter = cimxml.allowlist(module.kvp.keys, module.kvp.max_value_length)
             result.report = report.parse_report(text, kvp_filter, frozenset(module.kvp.sources))
-            result.clock = ClockExchange(exchange.sent, exchange.received, exchange.return_leg, exchange.outbound_leg)
+            result.clock = ClockExchange(exchange.sent, exchange.received, exchange.return_leg)
             result.note(f"{len(result.report.vms)} VMs, {len(result.report.problems)} problems")
             for name, section in result.report.sections.items():
                 if section.error:  # e.g. a permission the account lacks for this section's query
@@ -358,6 +360,8 @@ class Prober:
         except Exception as exc:  # a bug must cost one probe, not the process
             log.exception("probe failed unexpectedly", extra=logutil.fields(module=module.name, target=target))
             result.reason, result.message = "winrm_fault", f"internal error: {type(exc).__name__}"
+        # Every request sent counts, also when the conversation failed (a 401, a fault, a timeout).
+        result.requests = session.requests_total - requests_before
         result.duration = time.monotonic() - start
         if result.reason:
             result.note(f"failed ({result.reason}): {result.message}")

@@ -22,6 +22,7 @@ from hyperv_exporter import __version__, logutil
 from hyperv_exporter.sim.cost import MODELS, WINDOWS
 from hyperv_exporter.sim.fleet import SimFleet, demo_fleet, load_fleet, with_password
 from hyperv_exporter.sim.host import Simulator, exporter_config, use_least_privilege, winrm_block_for
+from hyperv_exporter.sim.replay import CaptureError, replay_fleet, runner_for
 from hyperv_exporter.yamlutil import YamlError
 
 log = logging.getLogger("hyperv_exporter.sim")
@@ -34,6 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--fleet.file", dest="fleet_file", metavar="FILE",
         help="Fleet file (YAML, see docs/simulator.md). Default: the built-in demo fleet.",
+    )  # fmt: skip
+    parser.add_argument(
+        "--replay", nargs="+", metavar="FILE",
+        help="Serve these capture files (deploy/windows/capture-collection.ps1) as hosts instead of a fleet file.",
     )  # fmt: skip
     parser.add_argument(
         "--listen", default="127.0.0.1", metavar="ADDRESS", help="Address the listeners bind to (default: 127.0.0.1)."
@@ -81,10 +86,16 @@ def write_exporter_config(path: str, urls: dict[str, str], password_file: str | 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logutil.setup_logging(args.log_level, args.log_format)
+    if args.replay and args.fleet_file:
+        print("error: --replay and --fleet.file go separately", file=sys.stderr)
+        return 1
     try:
-        # The built-in fleet shows the recommended account: only in the JEA endpoint's role group.
-        fleet = load_fleet(args.fleet_file) if args.fleet_file else use_least_privilege(demo_fleet())
-    except YamlError as exc:
+        if args.replay:
+            fleet = replay_fleet(args.replay)
+        else:
+            # The built-in fleet shows the recommended account: only in the JEA endpoint's role group.
+            fleet = load_fleet(args.fleet_file) if args.fleet_file else use_least_privilege(demo_fleet())
+    except (YamlError, CaptureError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     password = os.environ.get(PASSWORD_ENV)
@@ -112,7 +123,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (OSError, ssl.SSLError) as exc:
             print(f"error: cannot load the TLS certificate: {exc}", file=sys.stderr)
             return 1
-    simulator = Simulator(fleet, bind=args.listen, ssl_context=context, process_cost=MODELS[args.process_cost])
+    simulator = Simulator(
+        fleet, bind=args.listen, ssl_context=context, process_cost=MODELS[args.process_cost], runner_factory=runner_for
+    )
     metrics_server = None
     try:
         simulator.start()

@@ -15,16 +15,19 @@ from __future__ import annotations
 import base64
 import gzip
 import logging
+import re
 import ssl
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache, partial
 
+from defusedxml.ElementTree import fromstring as safe_fromstring
 from psrpcore.types import ErrorCategory
 
 from hyperv_exporter import logutil
 from hyperv_exporter.host import script
+from hyperv_exporter.sim import scale
 from hyperv_exporter.sim import wsman_soap as soap
 from hyperv_exporter.sim.accounts import (
     ADMINISTRATORS,
@@ -95,7 +98,15 @@ def _encoded_command(tokens: list[str]) -> str | None:
 
 
 #: A listener without users has no permission model: whoever connects may do everything.
-_UNCHECKED = Identity(groups=frozenset({ADMINISTRATORS}))
+UNCHECKED = Identity(groups=frozenset({ADMINISTRATORS}))
+
+
+def encode_stdout(text: str, use_gzip: bool, codepage: int) -> bytes:
+    """The bytes collect.ps1 prints for its JSON ``text``: gzip + base64 with ``-Gzip``, else the text."""
+    if use_gzip:
+        return base64.b64encode(gzip.compress(text.encode("utf-8"), mtime=0))
+    # With the console code page left at 437, non-ASCII names come out as '?' on a real host.
+    return text.encode("utf-8" if codepage == 65001 else f"cp{codepage}", errors="replace")
 
 
 def _script_error(message: str, fq_error: str, category: ErrorCategory, reason: str, target: str) -> PipelineError:
@@ -107,6 +118,28 @@ def _script_error(message: str, fq_error: str, category: ErrorCategory, reason: 
         exception_types=(f"System.Management.Automation.{reason}", "System.Management.Automation.RuntimeException"),
         target=target,
     )
+
+
+def _error_text(stderr: bytes, limit: int = 4000) -> str:
+    """The message of the error a failing run wrote to stderr as console CLIXML, as its error record
+    carries it over PSRP: the console's wrapping undone, without the "Command : " prefix and the
+    "+ CategoryInfo" lines the console adds."""
+    text = stderr[:limit].decode("utf-8", errors="replace")
+    if text.startswith("#< CLIXML"):
+        try:
+            root = safe_fromstring(text.split("\n", 1)[1])
+            text = "".join(node.text or "" for node in root.iter() if node.get("S") == "Error")
+        except Exception:  # malformed on purpose (the bad_clixml fault): keep the raw text
+            log.debug("stderr CLIXML not parsed", exc_info=True)
+    message = ""
+    for line in text.split("_x000D__x000A_"):
+        if line.strip().startswith("+ "):
+            break
+        if line.strip():
+            # The console cut long lines, appending a blank and indenting the rest by three.
+            message = message[:-1] + line.lstrip() if message.endswith(" ") else message + line
+    message = re.sub(r"^[\w-]+ : ", "", message.strip())
+    return message[:2000] or "the script failed"
 
 
 def _command_not_found(name: str) -> PipelineError:
@@ -128,9 +161,10 @@ class HostRunner:
         self.host = host
         self.counters = counters if counters is not None else HostCounters()
         self.runs = 0
+        self.last_invocation: script.Invocation | None = None  # what the latest run was asked for
 
     def identity(self, username: str) -> Identity:
-        return self.host.access.identity(username) if self.host.password is not None else _UNCHECKED
+        return self.host.access.identity(username) if self.host.password is not None else UNCHECKED
 
     # -- PowerShell remoting -----------------------------------------------------------------------
     def pipeline(self, pool: PoolInfo, commands: list[Command]) -> PipelineResult:
@@ -171,7 +205,7 @@ class HostRunner:
                 "hyperv-sim: this simulated Hyper-V host runs only the hyperv-exporter collection script.",
                 "hyperv-sim", ErrorCategory.NotImplemented, "NotSupportedException", "",
             ))  # fmt: skip
-        unknown = [name for name in command.parameters if name.lower() not in ("collectors", "gzip")]
+        unknown = [name for name in command.parameters if name.lower() not in ("collectors", "kvpkeys", "gzip")]
         if unknown:
             return PipelineResult(error=_script_error(
                 f"A parameter cannot be found that matches parameter name '{unknown[0]}'.",
@@ -180,12 +214,14 @@ class HostRunner:
             ))  # fmt: skip
         params = {name.lower(): value for name, value in command.parameters.items()}
         sections = [s for s in str(params.get("collectors") or "vm").split(",") if s]
+        raw_keys = params.get("kvpkeys")
+        kvp_keys = [str(key) for key in raw_keys] if isinstance(raw_keys, list | tuple) else None
         self.runs += 1
-        result = self.answer(sections, params.get("gzip") not in (None, False), 65001, identity)
+        result = self.answer(sections, params.get("gzip") not in (None, False), 65001, kvp_keys, identity=identity)
         if result.exit_code != 0:
+            # A failing run: over PSRP its error record travels as such, not as console CLIXML.
             return PipelineResult(error=_script_error(
-                result.stderr.decode("utf-8", errors="replace")[:2000], "hyperv-sim-fault",
-                ErrorCategory.NotSpecified, "RuntimeException", "",
+                _error_text(result.stderr), "hyperv-sim-fault", ErrorCategory.NotSpecified, "RuntimeException", "",
             ), run_seconds=result.run_seconds)  # fmt: skip
         # In a runspace the script's output is one string object (no console, so no code page).
         return PipelineResult([result.stdout.decode("utf-8", errors="replace")], run_seconds=result.run_seconds)
@@ -208,8 +244,8 @@ class HostRunner:
             text = script.decode_command(encoded) if encoded else ""
         except ValueError:
             text = ""
-        loader = script.parse_loader(text)
-        if loader is None:
+        invocation = script.parse_invocation(text)
+        if invocation is None:
             return CommandResult(
                 stderr=clixml_error(
                     "hyperv-sim: this simulated Hyper-V host runs only the hyperv-exporter collection script."
@@ -234,20 +270,29 @@ class HostRunner:
                 exit_code=1,
                 run_seconds=process.start_seconds,
             )
-        sections, use_gzip = loader
         self.runs += 1
-        return self.answer(sections, use_gzip, shell.codepage, self.identity(shell.username), process)
+        self.last_invocation = invocation
+        return self.answer(
+            invocation.sections,
+            invocation.gzip,
+            shell.codepage,
+            invocation.kvp_keys,
+            identity=self.identity(shell.username),
+            process=process,
+        )
 
     def answer(
         self,
         sections: list[str],
         use_gzip: bool,
         codepage: int,
-        identity: Identity = _UNCHECKED,
+        kvp_keys: Sequence[str] | None = None,
+        identity: Identity = UNCHECKED,
         process: ProcessCost = NO_COST,
     ) -> CommandResult:
-        """The script's output. ``process``: the cost of the new process it runs in (WinRS); NO_COST
-        for a pipeline in an already running one (a kept PSRP runspace)."""
+        """The script's output. ``kvp_keys``: -KvpKeys, filtered on the host; ``identity``: whose rights
+        it runs with; ``process``: the cost of the new process it runs in (WinRS); NO_COST for a
+        pipeline in an already running one (a kept PSRP runspace)."""
         host = self.host
         fault = host.output_fault
         # The script's first line runs once the process is up: its ClockStart and the VMs' uptimes
@@ -269,6 +314,9 @@ class HostRunner:
                 run_seconds=run_seconds,
             )
         doc = restrict_document(host.document(sections, started), identity, host.computer_name)
+        if kvp_keys is not None:
+            scale.filter_document_kvp(doc, kvp_keys)
+        host.migrate_after_run()  # a VM live-migrating between cluster nodes is on the other node next time
         if fault == "vm_section_error":
             doc["VMs"] = []
             doc["Sections"]["vm"]["Error"] = (
@@ -282,24 +330,34 @@ class HostRunner:
         if fault == "surrogates":
             text = text.replace(_SURROGATE_NAME, _SURROGATE_ESCAPES)
         # The script reads its end clock right before printing; the shell service makes the output
-        # available run_seconds after the Command arrived (about when this method began), so that is
-        # the moment the end clock stands for.
-        end = started - process.start_seconds + run_seconds
+        # available run_seconds after the Command arrived (about when this method began), or when
+        # this method is done if building the answer took longer: that is the moment the end clock
+        # stands for.
+        end = max(started - process.start_seconds + run_seconds, time.time())
         text = text[:-1] + ',"ClockEndTicks":' + str(to_ticks(end + host.clock_offset)) + "}"
         if fault == "huge":
             text = '{"SchemaVersion":1,"VMs":[' + ",".join(['{"Name":"x"}'] * 400_000) + "]}"
         elif fault == "deep_nesting":
             text = '{"SchemaVersion":1,"VMs":' + "[" * 100_000 + "]" * 100_000 + "}"
-        encoding = "utf-8" if codepage == 65001 else f"cp{codepage}"
-        if fault == "cp1252":
-            encoding, use_gzip = "cp1252", False
         if fault == "zip_bomb":
             stdout = _zip_bomb()
-        elif use_gzip:
-            stdout = base64.b64encode(gzip.compress(text.encode("utf-8"), mtime=0))
+        elif fault == "cp1252":
+            stdout = text.encode("cp1252", errors="replace")
         else:
-            # With the console code page left at 437, non-ASCII names come out as '?' on a real host.
-            stdout = text.encode(encoding, errors="replace")
+            stdout = encode_stdout(text, use_gzip, codepage)
+        if host.max_memory_per_shell_mb:
+            peak = scale.MODEL.peak_bytes(
+                len(doc.get("VMs") or ()), scale.kvp_chars(doc), len(text), use_gzip, len(stdout) * 3 // 4
+            )
+            host.last_peak_memory_bytes = peak
+            if peak > host.max_memory_per_shell_mb * scale.MIB:
+                error = clixml_error(
+                    scale.OUT_OF_MEMORY,
+                    category_info="OperationStopped: (:) [], OutOfMemoryException",
+                    error_id="System.OutOfMemoryException",
+                    codepage=codepage,
+                )
+                return CommandResult(stderr=error, exit_code=1, run_seconds=host.run_seconds)
         if fault == "not_json":
             stdout = b"WARNING: something went wrong, and this is not JSON"
         elif fault == "truncated":
@@ -443,13 +501,16 @@ class Simulator:
     endpoints: dict[str, WSManEndpoint] = field(default_factory=dict)
     runners: dict[str, HostRunner] = field(default_factory=dict)
     counters: dict[str, HostCounters] = field(default_factory=dict)
+    # Builds each host's command runner; replayed captures bring their own (sim.replay.runner_for).
+    runner_factory: Callable[[SimHost], HostRunner] = HostRunner
 
     def start(self) -> None:
         for host in self.fleet.hosts:
             if host.process_cost is None:
                 host.process_cost = self.process_cost
             counters = self.counters.setdefault(host.computer_name, HostCounters())
-            runner = HostRunner(host, counters)
+            runner = self.runner_factory(host)
+            runner.counters = counters
             users = _HostUsers(host) if host.password is not None else None
             endpoint = WSManEndpoint(
                 runner,

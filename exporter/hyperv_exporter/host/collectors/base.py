@@ -209,9 +209,6 @@ class ClockExchange:
     # Upper bound on the one-way time from the host's last reading to ``received``, when the
     # exchange shows one (the transport's return_leg_bound); None: the NTP interval alone.
     return_leg: float | None = None
-    # Upper bound on the time from ``sent`` to the host's first reading, when the host runs the
-    # script in an already running process (psrp); None: a new process may start first (winrs).
-    outbound_leg: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,6 +245,17 @@ def gauge(name: str, documentation: str, labels: Sequence[str] = VM_LABELS) -> F
 def enum_gauge(name: str, documentation: str, label: str, values: Sequence[str]) -> EnumFamily:
     """A per-VM enum family: ``label`` (sorting before ``vm``) takes each of ``values``."""
     return EnumFamily(name, documentation, (label, *VM_LABELS), values)
+
+
+def current_value(name: str, documentation: str, label: str) -> Family:
+    """A per-VM enum as one series per VM: ``label`` (sorting before ``vm``) holds the current value, 1.
+
+    The default encoding of the VM enums (docs/metrics.md, "Series budget"): a VM has exactly one
+    series per enum, so the families cost 1 series per VM instead of one per possible value (30
+    for hyperv_vm_state), while ``{state="running"} == 1`` reads as with one-hot series. A change
+    of value starts a new series and ends the old one (a transition is rare: start, stop, failure).
+    """
+    return Family(name, documentation, (label, *VM_LABELS))
 
 
 def single(name: str, documentation: str, value: float) -> Family:

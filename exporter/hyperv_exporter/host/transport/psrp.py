@@ -8,8 +8,10 @@ read-only account run exactly one command.
 
 One runspace pool per module and host, opened on the first probe and kept across probes (reopened
 when the host has dropped it: idle timeout, service restart, a broken pool; and after
-``shell_max_idle`` / ``shell_max_lifetime``). Opening it is bounded by the probe deadline like every
-other request. One probe is one pipeline: Command (CREATE_PIPELINE), Receive until the pipeline
+``shell_max_idle`` / ``shell_max_lifetime``). A probe waits for the opening at most until its
+deadline; the opening itself runs in its own thread, bounded by :data:`POOL_OPEN_SECONDS`, so that a
+host slower to open a pool than a scrape timeout is not asked to start over on every probe.
+One probe is one pipeline: Command (CREATE_PIPELINE), Receive until the pipeline
 state arrives, Signal terminate. A steady-state probe is three HTTP requests and starts no process.
 
 What runs in the pipeline depends on the endpoint (``configuration_name``):
@@ -34,6 +36,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any, cast
+from urllib.parse import urlsplit
 
 import requests
 from pypsrp._utils import get_hostname
@@ -49,8 +52,9 @@ from pypsrp.powershell import PowerShell, RunspacePool
 from pypsrp.wsman import WSMan, _TransportHTTP
 
 from hyperv_exporter import logutil
+from hyperv_exporter.host.script import host_filterable
 from hyperv_exporter.host.transport.errors import ACCESS_DENIED_HINT, WSMAN_ACCESS_DENIED, ProbeError, excerpt
-from hyperv_exporter.host.transport.http import HardenedHTTP, UnsafeResponse, system_ca_path
+from hyperv_exporter.host.transport.http import RESOLVER, HardenedHTTP, UnsafeResponse, system_ca_path
 from hyperv_exporter.host.transport.settings import WinRMSettings
 from hyperv_exporter.host.transport.winrs import WSMAN_INVALID_SELECTORS, Exchange, classify, return_leg_bound
 
@@ -59,6 +63,14 @@ log = logging.getLogger(__name__)
 #: The JEA endpoint's one visible command (CONTRACTS C1); its parameters are collect.ps1's.
 JEA_COMMAND = "Get-HyperVExporterReport"
 WSMAN_TIMED_OUT = 2150858793  # Receive found nothing within OperationTimeout: ask again
+
+
+#: How long opening a runspace pool may go on past the probe that started it.
+POOL_OPEN_SECONDS = 30.0
+
+
+class _StillOpening(ProbeError):
+    """The probe's deadline passed while the pool was being opened; the opening goes on."""
 
 
 class _PipelineTooLarge(Exception):
@@ -92,15 +104,14 @@ class _HardenedTransportHTTP(_TransportHTTP):
         session = cast(requests.Session, self.session)
         limit = timeout if timeout is not None else (self.connection_timeout, self.read_timeout)
         asked = time.time()
+        # A redirect never comes back here: the hardened adapter refuses it (RedirectRefused, reason
+        # "redirect") before pypsrp or an auth hook could follow it with the credentials.
         response = self.http.send(lambda: session.send(request, timeout=limit, allow_redirects=False))
         self.last_wire = (asked, time.time())
         if self.wrap_required and self.encryption is None and 200 <= response.status_code < 300:
             # The request that sets up message encryption: pypsrp then needs the negotiated context.
             contexts = getattr(session.auth, "contexts", None)
             self.http.check_negotiated(response, contexts is None or get_hostname(self.endpoint) in contexts)
-        if 300 <= response.status_code < 400:
-            # WinRM never redirects; following one would hand the credentials to another host.
-            raise UnsafeResponse(f"the listener answered with a redirect (HTTP {response.status_code})")
         self.http.check_encrypted(response, self.encryption is not None)
         content_type = response.headers.get("content-type", "")
         if content_type.startswith(("multipart/encrypted;", "multipart/x-multi-encrypted;")):
@@ -186,6 +197,37 @@ def _close_quietly(pool: _Pool) -> None:
         pool.connection.close()
 
 
+class _Opening:
+    """A runspace pool being opened in its own thread (Create, then Receives until it is Opened)."""
+
+    def __init__(self, pool: _Pool) -> None:
+        self.pool = pool
+        self.done = threading.Event()
+        self.error: BaseException | None = None
+        self._lock = threading.Lock()
+        self._abandoned = False
+
+    def run(self) -> None:
+        try:
+            self.pool.session.arm(self.pool.connection, self.pool.deadline)
+            self.pool.open()
+        except BaseException as exc:  # handed to the probe that takes the result
+            self.error = exc
+        with self._lock:
+            self.done.set()
+            abandoned = self._abandoned
+        if abandoned:
+            _close_quietly(self.pool)
+
+    def abandon(self) -> None:
+        """The session closed while opening: delete the pool on the host once the opening ends."""
+        with self._lock:
+            self._abandoned = True
+            finished = self.done.is_set()
+        if finished:
+            threading.Thread(target=_close_quietly, args=(self.pool,), daemon=True).start()
+
+
 class PSRPSession:
     """One host's runspace pool, reused across probes. Not thread-safe: the caller serialises use."""
 
@@ -194,6 +236,7 @@ class PSRPSession:
         self.settings = settings
         self.script = script
         self._pool: _Pool | None = None
+        self._opening: _Opening | None = None
         self._opened = 0.0
         self._used = 0.0
         self.shells_opened = 0  # runspace pools: a pool is a WS-Management shell of the PowerShell plug-in
@@ -264,6 +307,9 @@ class PSRPSession:
     def close(self) -> None:
         with self.lock:
             self._drop_pool(graceful=True)
+            opening, self._opening = self._opening, None
+            if opening is not None:
+                opening.abandon()
 
     def _runspace_pool(self, deadline: float) -> tuple[_Pool, bool]:
         now = time.monotonic()
@@ -273,18 +319,32 @@ class PSRPSession:
             self._drop_pool(graceful=True)
         if self._pool is not None:
             return self._pool, False
-        wsman = self._make_wsman()
-        pool = _Pool(wsman, configuration_name=self.settings.configuration_name)
-        pool.session, pool.deadline = self, deadline
-        self._pool = pool  # before opening: a failed open is deleted like any dropped pool
-        self.arm(wsman, deadline)  # the Create; each Receive of the opening arms itself
-        pool.open()
+        if self._opening is None:
+            # The host's name first, in this probe and within its deadline: a lookup that hangs is
+            # reason "dns" at the deadline, as on winrs, rather than an opening that goes on in the
+            # background and a "timeout". The lookup itself is shared (one per name at a time).
+            url = urlsplit(self.url)
+            RESOLVER.resolve(url.hostname or "", url.port or (443 if url.scheme == "https" else 80), deadline)
+            pool = _Pool(self._make_wsman(), configuration_name=self.settings.configuration_name)
+            # The opening may outlive the probe that started it (a host starting wsmprovhost.exe and
+            # importing the Hyper-V module can take longer than a scrape timeout): the next probe
+            # then finds the pool open instead of starting over. It is bounded all the same.
+            pool.session, pool.deadline = self, max(deadline, now + POOL_OPEN_SECONDS)
+            self._opening = _Opening(pool)
+            threading.Thread(target=self._opening.run, name="psrp-open", daemon=True).start()
+        opening = self._opening
+        if not opening.done.wait(max(0.0, deadline - time.monotonic())):
+            raise _StillOpening("timeout", "the probe deadline passed while the host was opening the runspace pool")
+        self._opening = None
+        self._pool = opening.pool  # also when it failed: a dropped pool is deleted on the host
+        if opening.error is not None:
+            raise opening.error
         self._opened = self._used = time.monotonic()
         self.shells_opened += 1
-        return pool, True
+        return opening.pool, True
 
     # -- one run -------------------------------------------------------------------------------
-    def collect(self, sections: Sequence[str], gzip: bool, deadline: float) -> Exchange:
+    def collect(self, sections: Sequence[str], gzip: bool, deadline: float, kvp_keys: Sequence[str] = ()) -> Exchange:
         """Run the collection for ``sections`` as one pipeline; raises :class:`ProbeError`."""
         requests_before = self.requests_total
         attempts = 2  # a kept pool may have gone on the host: open a new one once
@@ -293,9 +353,11 @@ class PSRPSession:
             new_pool = False
             try:
                 pool, new_pool = self._runspace_pool(deadline)
-                exchange = self._run_on(pool, sections, gzip, deadline, new_pool)
+                exchange = self._run_on(pool, sections, gzip, kvp_keys, deadline, new_pool)
                 self._count(pool.connection)
                 return replace(exchange, requests=self.requests_total - requests_before)
+            except _StillOpening:
+                raise  # the opening goes on in the background; the next probe waits for it again
             except _PipelineTooLarge:
                 # The pool is fine: only this pipeline's output was refused.
                 self._count(pool.connection)
@@ -315,20 +377,31 @@ class PSRPSession:
                 self._drop_pool(graceful=error.reason not in ("connection", "tls", "auth"))
                 raise error from None
 
-    def _pipeline(self, pool: _Pool, sections: Sequence[str], gzip: bool) -> PowerShell:
+    def _pipeline(self, pool: _Pool, sections: Sequence[str], gzip: bool, kvp_keys: Sequence[str]) -> PowerShell:
         ps = PowerShell(pool)
         if uses_script_text(self.settings.configuration_name):
             ps.add_script(self.script)
         else:
             ps.add_cmdlet(JEA_COMMAND)
         ps.add_parameter("Collectors", ",".join(sections))
+        if "kvp" in sections and host_filterable(kvp_keys):
+            # The module's KVP allowlist, filtered on the host (no command line to fit here).
+            ps.add_parameter("KvpKeys", list(kvp_keys))
         if gzip:
             ps.add_parameter("Gzip", True)
         return ps
 
-    def _run_on(self, pool: _Pool, sections: Sequence[str], gzip: bool, deadline: float, new_pool: bool) -> Exchange:
+    def _run_on(
+        self,
+        pool: _Pool,
+        sections: Sequence[str],
+        gzip: bool,
+        kvp_keys: Sequence[str],
+        deadline: float,
+        new_pool: bool,
+    ) -> Exchange:
         pool.deadline = deadline
-        ps = self._pipeline(pool, sections, gzip)
+        ps = self._pipeline(pool, sections, gzip, kvp_keys)
         self.arm(pool.connection, deadline)
         transport = cast(_HardenedTransportHTTP, pool.connection.transport)
         pool.first_output = None
@@ -365,9 +438,6 @@ class PSRPSession:
             requests=0,  # counted by collect()
             new_shell=new_pool,
             return_leg=return_leg_bound(round_trip, received - asked),
-            # The pipeline runs in the pool's process, already running: its first line runs as the
-            # Command arrives, within that request's round trip (the host answers it at once).
-            outbound_leg=round_trip,
             failure=f"PowerShell pipeline {_STATE_NAMES.get(ps.state, ps.state)}: {errors or 'no error text'}"
             if failed
             else None,

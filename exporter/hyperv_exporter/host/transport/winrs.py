@@ -33,7 +33,7 @@ from winrm.exceptions import (
 from winrm.protocol import Protocol
 
 from hyperv_exporter import logutil
-from hyperv_exporter.host.script import SCRIPT_ENV, command_line
+from hyperv_exporter.host.script import SCRIPT_ENV, probe_command
 from hyperv_exporter.host.transport.errors import ACCESS_DENIED_HINT, WSMAN_ACCESS_DENIED, ProbeError, excerpt
 from hyperv_exporter.host.transport.http import (
     AuthenticationSkipped,
@@ -67,9 +67,6 @@ class Exchange:
     # Upper bound on the one-way time from the host's last clock reading to ``received``, when the
     # conversation shows it (see return_leg_bound); None: only the NTP interval bounds the offset.
     return_leg: float | None = None
-    # Upper bound on the time from ``sent`` to the host's first reading: psrp, whose pipeline runs
-    # in an already running process; None for winrs, whose new process starts first.
-    outbound_leg: float | None = None
 
 
 def return_leg_bound(round_trip: float, output_wait: float) -> float | None:
@@ -103,6 +100,32 @@ class _CountingProtocol(Protocol):
         return result
 
 
+# The console host wraps an error row after 78 characters: the row ends in a blank and continues on
+# the next row indented by three blanks, in the middle of a word ("...Contac " + "   t"). The
+# simulator reproduces it (sim/wsman_clixml.py) from pywinrm's recorded fixture.
+_CONSOLE_ROW = 78
+_CONTINUATION = "   "
+_CLIXML_ESCAPE = re.compile(r"_x([0-9A-Fa-f]{4})_")
+
+
+def _clixml_decode(text: str) -> str:
+    """PowerShell's CLIXML string escapes (``_x000D_``, ``_x005F_`` for a literal ``_``) decoded."""
+    return _CLIXML_ESCAPE.sub(lambda m: chr(int(m.group(1), 16)), text)
+
+
+def _unwrap_console_rows(rows: list[str]) -> list[str]:
+    """Rows as PowerShell formatted them, with the console's wrapping undone."""
+    out: list[str] = []
+    wrapped = False
+    for row in rows:
+        if wrapped and out and row.startswith(_CONTINUATION):
+            out[-1] = out[-1][:-1] + row[len(_CONTINUATION) :]
+        else:
+            out.append(row)
+        wrapped = len(row) == _CONSOLE_ROW + 1 and row.endswith(" ")
+    return out
+
+
 def clixml_errors(stderr: bytes, limit: int = 500) -> str:
     """The error text from PowerShell's CLIXML stderr (``#< CLIXML`` + ``<Objs>``), or the raw text.
 
@@ -115,8 +138,10 @@ def clixml_errors(stderr: bytes, limit: int = 500) -> str:
         body = re.sub(r'\sxmlns="[^"]*"', "", body, count=1)
         try:
             root = safe_fromstring(body)
-            parts = [s.text or "" for s in root.findall("S") if s.get("S") == "Error"]
-            text = "".join(parts).replace("_x000D__x000A_", "\n")
+            rows = [
+                _clixml_decode(s.text or "").removesuffix("\r\n") for s in root.findall("S") if s.get("S") == "Error"
+            ]
+            text = "\n".join(_unwrap_console_rows(rows))
         except Exception:  # any parse failure: fall back to the raw text, never raise from error handling
             log.debug("stderr CLIXML could not be parsed", exc_info=True)
     text = " ".join(text.split())
@@ -308,13 +333,18 @@ class WinRMSession:
         return self._protocol, self._shell_id, True
 
     # -- one run -------------------------------------------------------------------------------
-    def collect(self, sections: Sequence[str], gzip: bool, deadline: float) -> Exchange:
-        """Run the collection script for ``sections`` (the prober's entry point, as on ``psrp.PSRPSession``)."""
-        command, args = command_line(sections, gzip)
-        return self.run(command, args, deadline)
+    def collect(self, sections: Sequence[str], gzip: bool, deadline: float, kvp_keys: Sequence[str] = ()) -> Exchange:
+        """Run the collection script for ``sections`` (the prober's entry point, as on ``psrp.PSRPSession``);
+        ``kvp_keys`` go to the host as ``-KvpKeys`` when they fit (``script.probe_command``)."""
+        command, args = probe_command(sections, gzip, kvp_keys)
+        # With -Gzip the script writes its document in one piece after its end clock; without, it
+        # may write it in parts as they are serialised, before that clock is read.
+        return self.run(command, args, deadline, one_write=gzip)
 
-    def run(self, command: str, arguments: Sequence[str], deadline: float) -> Exchange:
-        """Run one command on the kept shell; raises :class:`ProbeError`."""
+    def run(self, command: str, arguments: Sequence[str], deadline: float, *, one_write: bool = True) -> Exchange:
+        """Run one command on the kept shell; raises :class:`ProbeError`. ``one_write``: the command
+        prints its output in one piece after its last clock reading, so its first output bounds that
+        reading (else its last output does)."""
         requests_before = self.requests_total
         attempts = 2  # a reused shell may have expired on the host: re-create it once
         while True:
@@ -322,7 +352,9 @@ class WinRMSession:
             new_shell = False
             try:
                 protocol, shell_id, new_shell = self._shell(deadline)
-                return self._run_on(protocol, shell_id, command, arguments, deadline, requests_before, new_shell)
+                return self._run_on(
+                    protocol, shell_id, command, arguments, deadline, requests_before, new_shell, one_write
+                )
             except ProbeError:
                 self._drop_shell(graceful=True)
                 raise
@@ -348,6 +380,7 @@ class WinRMSession:
         deadline: float,
         requests_before: int,
         new_shell: bool,
+        one_write: bool,
     ) -> Exchange:
         self._arm(protocol, deadline)
         command_id = protocol.run_command(shell_id, command, list(arguments))
@@ -356,17 +389,17 @@ class WinRMSession:
         stdout: list[bytes] = []
         stderr: list[bytes] = []
         size = 0
-        received: float | None = None  # the host's last clock reading precedes its first stdout byte
-        output_wait = 0.0
+        received: float | None = None  # the host's last clock reading precedes this output's arrival
+        output_wait: float | None = None
         while True:
             self._arm(protocol, deadline)
             try:
                 out, err, exit_code, done = protocol.get_command_output_raw(shell_id, command_id)
             except WinRMOperationTimeoutError:
                 continue  # the host is still working; Receive again until our deadline
-            if received is None and (out or done):
+            if (out or done) and (received is None or not one_write):
                 asked, received = self.last_wire
-                output_wait = received - asked
+                output_wait = received - asked if one_write else None
             size += len(out) + len(err)
             if size > self.settings.max_output_bytes:
                 self._signal(protocol, shell_id, command_id, deadline)
@@ -386,7 +419,7 @@ class WinRMSession:
             received=received,
             requests=self.requests_total - requests_before,
             new_shell=new_shell,
-            return_leg=return_leg_bound(round_trip, output_wait),
+            return_leg=None if output_wait is None else return_leg_bound(round_trip, output_wait),
         )
 
     def _signal(self, protocol: _CountingProtocol, shell_id: str, command_id: str, deadline: float) -> float:
