@@ -28,6 +28,9 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "deterministic"))
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--update-golden", action="store_true", help="rewrite tests/golden/* from the current output")
+    parser.addoption(
+        "--update-screenshot", action="store_true", help="rewrite docs/images/landing.png from a new screenshot"
+    )
 
 
 def require_tool(name: str) -> str:

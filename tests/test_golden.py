@@ -113,3 +113,37 @@ def test_golden_content_for_every_demo_vm() -> None:
     )
     assert 'hyperv_vm_integration_services_up_to_date{vm="Firewall-Appliance"' not in muenchen
     assert 'service="heartbeat",status="ok",vm="Altsystem"' in muenchen and 'vm="Firewall-Appliance",vm_id' in muenchen
+
+
+# -- expectations written from the fixtures, independent of the output (issue 13) ----------------------
+
+EXPECTED = Path(__file__).parent / "golden_expected" / "expected.yml"
+
+
+def _samples(text: str) -> list[tuple[str, dict[str, str], float]]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return [(s.name, s.labels, s.value) for f in text_string_to_metric_families(text) for s in f.samples]
+
+
+@pytest.mark.parametrize("fixture", list(HOSTS))
+def test_golden_file_holds_what_the_fixture_says(fixture: str) -> None:
+    import yaml
+
+    expected = yaml.safe_load(EXPECTED.read_text(encoding="utf-8"))[fixture]
+    golden = (GOLDEN / f"demo-{HOSTS[fixture]}.prom").read_text(encoding="utf-8")
+    actual = _samples(golden)
+    missing = []
+    for name, labels, value in _samples(expected["present"]):
+        found = [v for n, ls, v in actual if n == name and labels.items() <= ls.items()]
+        if not any(v == pytest.approx(value, rel=1e-9, abs=1e-9) for v in found):
+            missing.append(f"{name}{labels} {value} (golden has {found or 'no such series'})")
+    assert not missing, "golden output lacks what the fixture says:\n" + "\n".join(missing)
+    for text in expected["absent"]:
+        assert text not in golden, text
+
+
+def test_the_expectations_cover_every_golden_fixture() -> None:
+    import yaml
+
+    assert set(yaml.safe_load(EXPECTED.read_text(encoding="utf-8"))) == set(HOSTS)

@@ -280,3 +280,82 @@ def test_lock_timeout_error_names_no_content(tree: Path, lock_holder: Holder) ->
     lock_holder(tree / "var/lib/hyperv/.kvp_pool_3", "forever")
     with pytest.raises(kvp_pool.PoolLockTimeout, match=r"\.kvp_pool_3: locked by another process"):
         kvp_pool.read_pool_file(tree / "var/lib/hyperv/.kvp_pool_3", 0.1)
+
+
+# --- special files where a pool belongs (issue 13) -----------------------------------------------------
+
+
+def _special(kind: str, path: Path) -> None:
+    import os
+    import socket as socket_module
+    import stat
+
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "socket":
+        sock = socket_module.socket(socket_module.AF_UNIX)
+        sock.bind(str(path))
+        sock.close()  # the socket file stays
+    elif kind == "directory":
+        path.mkdir()
+    elif kind == "symlink to a device":
+        path.symlink_to("/dev/zero")
+    elif kind == "character device":
+        try:
+            os.mknod(path, stat.S_IFCHR | 0o600, os.makedev(1, 5))  # /dev/zero's numbers
+        except PermissionError:
+            pytest.skip("mknod needs privileges here")
+
+
+SPECIAL = ["fifo", "socket", "directory", "symlink to a device", "character device"]
+
+
+@pytest.mark.parametrize("kind", SPECIAL)
+def test_a_special_file_is_never_opened_as_a_pool(tree: Path, kind: str) -> None:
+    import threading
+
+    pool = tree / "var/lib/hyperv/.kvp_pool_3"
+    pool.unlink()
+    _special(kind, pool)
+    outcome: list[BaseException | kvp_pool.KvpResult] = []
+
+    def read() -> None:
+        try:
+            outcome.append(kvp_pool.read_pools(Root(tree), DEFAULT_KEYS, 1.0, 256))
+        except BaseException as exc:
+            outcome.append(exc)
+
+    reader = threading.Thread(target=read, daemon=True)  # a blocked open must not hang the suite
+    reader.start()
+    reader.join(10)
+    assert not reader.is_alive(), "reading the pools blocked on a special file"
+    assert isinstance(outcome[0], kvp_pool.PoolNotAFile), outcome
+    assert "not a KVP pool file" in str(outcome[0]) and ".kvp_pool_3" in str(outcome[0])
+
+
+def test_a_fifo_fails_only_the_kvp_collector(tree: Path) -> None:
+    import os
+
+    (tree / "proc").mkdir()
+    pool = tree / "var/lib/hyperv/.kvp_pool_3"
+    pool.unlink()
+    os.mkfifo(pool)
+    registry, _ = scrape(KvpProbe(Root(tree), DEFAULT_KEYS, 1.0, 256), ComponentsProbe(Root(tree)), timeout=30.0)
+    assert registry.get_sample_value("hyperv_guest_collector_success", {"collector": "kvp"}) == 0.0
+    assert registry.get_sample_value("hyperv_guest_collector_success", {"collector": "components"}) == 1.0
+
+
+def test_once_with_a_fifo_pool_exits(tree: Path, tmp_path: Path) -> None:
+    """The reported symptom: ``--once`` never exited with a FIFO where pool 3 belongs."""
+    import os
+
+    pool = tree / "var/lib/hyperv/.kvp_pool_3"
+    pool.unlink()
+    os.mkfifo(pool)
+    out = tmp_path / "guest.prom"
+    argv = [sys.executable, "-m", "hyperv_exporter.guest", "--root", str(tree), "--no-collector.ntp",
+            "--once", "--textfile", str(out)]  # fmt: skip
+    result = subprocess.run(argv, capture_output=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr.decode()
+    assert 'hyperv_guest_collector_success{collector="kvp"} 0.0' in out.read_text()
+    assert b"not a KVP pool file" in result.stderr

@@ -172,7 +172,7 @@ def test_offset_matches_injected_offset_with_the_right_sign(
     assert result.sample is not None
     # guest minus server: the guest is ahead by guest_offset.
     assert result.sample.offset_seconds == pytest.approx(guest_offset, abs=1e-3)
-    assert 0 <= result.sample.delay_seconds < 0.1
+    assert 0 <= result.sample.delay_seconds < 1.0  # loopback; generous for a busy machine
     assert result.sample.uncertainty_seconds == pytest.approx(result.sample.delay_seconds / 2)
     assert result.sample.stratum == 2
     assert result.sample.root_distance_seconds == pytest.approx(
@@ -226,7 +226,9 @@ def test_silent_server_is_down_within_the_bound(make_server: type[FakeNtpServer]
         registry.get_sample_value("hyperv_guest_clock_offset_seconds", {"reference": "ntp", "server": srv.server.label})
         is None
     )
-    assert elapsed < options.timeout + 0.5  # generous: the bound is what matters, not the exact time
+    # Generous on purpose (a busy 2-core CI machine): what matters is that the answer comes from the
+    # bound, not from the silent server; the exact time is not asserted.
+    assert elapsed < options.timeout + 10.0
     assert 1 <= srv.packets <= 3
 
 
@@ -325,14 +327,19 @@ def test_min_interval_caching_counts_packets(make_server: type[FakeNtpServer]) -
 
 
 def test_scrape_does_not_wait_once_a_result_exists() -> None:
-    """Stale-while-revalidate: a due re-measurement runs in the background; the scrape gets the last one."""
+    """Stale-while-revalidate: a due re-measurement runs in the background; the scrape gets the last one.
+
+    Event-based, no clock: the second measurement cannot finish before the scrape has returned
+    (it waits for ``release``, set only afterwards), so a scrape that waited for it would get the
+    new result (after ``release.wait`` gives up), not the old one.
+    """
     release = threading.Event()
     calls: list[int] = []
 
     def slow_measure(server: NtpServer, options: MeasureOptions) -> ntp.Measurement:
         calls.append(1)
         if len(calls) > 1:
-            release.wait(5)
+            release.wait(30)
         sample = ntp.Sample(0.001 * len(calls), 0.0002, 2, 0, 0.0, 0.0)
         return ntp.Measurement(server, sample, 1, 1, finished_unix=float(len(calls)))
 
@@ -343,10 +350,9 @@ def test_scrape_does_not_wait_once_a_result_exists() -> None:
         first = monitor.collect(wait_bound=2)[0]
         assert first.last is not None and first.last.finished_unix == 1.0
         clock.now += 11
-        start = time.monotonic()
-        second = monitor.collect(wait_bound=2)[0]
-        assert time.monotonic() - start < 1.0  # did not wait for the slow measurement
-        assert second.last is first.last
+        second = monitor.collect(wait_bound=60)[0]
+        assert second.last is first.last  # did not wait for the slow measurement
+        assert not release.is_set()
         release.set()
         third = monitor.collect(wait_bound=2, block=True)[0]
         assert third.last is not None and third.last.finished_unix == 2.0

@@ -14,7 +14,7 @@ from urllib.parse import quote
 import pytest
 
 from hyperv_exporter.host.cli import Running, build_parser, start
-from hyperv_exporter.host.config import Module, TargetAllowlist, canonical_host, split_target
+from hyperv_exporter.host.config import Module, TargetAllowlist, _pattern_regex, canonical_host, split_target
 from hyperv_exporter.host.transport.settings import WinRMSettings
 
 PASSWORD = "Trap-Pa55word-never-sent"
@@ -162,6 +162,8 @@ REFUSED_400 = [
     "127.0.0.2:{port}\\evil",
     "127.0.0.2:{port}\x00",
     "127.0.0.2\r\nX-Injected: 1",
+    " 127.0.0.2:{port}",  # surrounding whitespace: refused, not silently stripped (issue 13)
+    "127.0.0.2:{port} ",
     "[::1",
     "[::1]x",
     "",
@@ -202,7 +204,7 @@ def test_percent_encoding_is_decoded_once(trap: Trap) -> None:
 def test_the_allowed_target_is_reached_and_only_it(trap: Trap) -> None:
     """The positive control: the listed host:port gets the connection (and fails as a WinRM host)."""
     before = len(trap.listeners.accepted)
-    for spelling in (f"127.0.0.2:{trap.port}", f"127.0.0.2.:{trap.port}", f" 127.0.0.2:{trap.port} "):
+    for spelling in (f"127.0.0.2:{trap.port}", f"127.0.0.2.:{trap.port}"):
         status, body = trap.probe(spelling)
         assert status == 200 and "hyperv_up 0.0" in body, body
     accepted = trap.listeners.accepted[before:]
@@ -258,8 +260,7 @@ def test_allowed(target: str) -> None:
         "x.hv01.corp.example",
         "hyperv.corp.example",
         "a.b.hyperv.corp.example",
-        "hv-ab.lab.example",
-        "hv-.lab.example",
+        "hv-ab.lab.example",  # '?' is exactly one character
         "10.20.1.7",
         "[fe80::1]:5985",
         "fe81::1",
@@ -270,8 +271,17 @@ def test_allowed(target: str) -> None:
     ],
 )
 def test_not_allowed(target: str) -> None:
-    with contextlib.suppress(ValueError):  # or not a host name at all
-        assert not ALLOW.allows(target, 5986)
+    # Each of these is a valid target: refused by the allowlist, not by the parser.
+    assert ALLOW.allows(target, 5986) is False
+
+
+def test_a_wildcard_never_matches_nothing() -> None:
+    """``hv-?.lab.example`` does not allow ``hv-.lab.example``: that target is refused as no host
+    name at all before the allowlist is asked, so the pattern is checked on its own too."""
+    with pytest.raises(ValueError, match="not a host name"):
+        ALLOW.allows("hv-.lab.example", 5986)
+    assert _pattern_regex("hv-?.lab.example").fullmatch("hv-.lab.example") is None
+    assert _pattern_regex("hv-?.lab.example").fullmatch("hv-a.lab.example") is not None
 
 
 @pytest.mark.parametrize(

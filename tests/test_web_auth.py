@@ -5,15 +5,23 @@ from __future__ import annotations
 import base64
 import logging
 import os
+import threading
 from pathlib import Path
 
 import pytest
 
 from hyperv_exporter.web import WebConfigError
 from hyperv_exporter.web import auth as auth_module
-from hyperv_exporter.web.auth import DUMMY_HASH, BasicAuthenticator, is_bcrypt_hash, parse_basic_auth
+from hyperv_exporter.web.auth import (
+    DUMMY_HASH,
+    BasicAuthenticator,
+    FailureThrottle,
+    is_bcrypt_hash,
+    parse_basic_auth,
+)
 from hyperv_exporter.web.ratelimit import TokenBucket
 from hyperv_exporter.web.reload import ConfigWatcher
+from pki import Pki
 
 FIXTURES = Path(__file__).parent / "fixtures" / "web"
 CAROL_HASH = "$2y$10$qRTBuFoULoYNA7AQ/F3ck.trZBPyjV64.oA4ZsSBCIWvXuvQlQTuu"
@@ -70,12 +78,73 @@ def test_counts_bcrypt_calls(monkeypatch: pytest.MonkeyPatch) -> None:
     assert calls[2:] == [DAVE_HASH.encode(), CAROL_HASH.encode()]
 
 
-def test_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(auth_module.bcrypt, "checkpw", lambda pw, hashed: False)
+def test_caches_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(auth_module.bcrypt, "checkpw", lambda pw, hashed: pw == b"good")
+    monkeypatch.setattr(auth_module, "FAILURE_CACHE_SIZE", 5)
     authenticator = BasicAuthenticator(cache_size=3)
+    users = {f"user{i}": CAROL_HASH for i in range(10)}
     for i in range(10):
-        authenticator.check({}, f"user{i}", b"pw")
-    assert len(authenticator._cache) == 3
+        assert authenticator.check(users, f"user{i}", b"good")
+        assert not authenticator.check(users, f"user{i}", b"bad")
+    assert len(authenticator._good) == 3 and len(authenticator._bad) == 5
+
+
+def test_failures_never_evict_a_valid_users_success(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 13: 32 clients with unique wrong passwords evicted the valid user from a shared LRU, so
+    every valid scrape paid bcrypt behind the flood's queue."""
+    calls: list[bytes] = []
+
+    def checkpw(password: bytes, hashed: bytes) -> bool:
+        calls.append(password)
+        return password == b"carol123"
+
+    monkeypatch.setattr(auth_module.bcrypt, "checkpw", checkpw)
+    authenticator = BasicAuthenticator()
+    users = {"carol": CAROL_HASH}
+    assert authenticator.check(users, "carol", b"carol123")
+    for i in range(5000):
+        assert not authenticator.check(users, "carol" if i % 2 else "mallory", f"guess-{i}".encode())
+    calls.clear()
+    assert authenticator.check(users, "carol", b"carol123")
+    assert calls == []  # still cached: no bcrypt for the valid user
+
+
+def test_bcrypt_work_is_bounded_and_a_queue_fails_fast(monkeypatch: pytest.MonkeyPatch) -> None:
+    running = threading.Semaphore(0)
+    release = threading.Event()
+    active: list[int] = []
+
+    def slow_checkpw(password: bytes, hashed: bytes) -> bool:
+        active.append(1)
+        running.release()
+        release.wait(10)
+        return False
+
+    monkeypatch.setattr(auth_module.bcrypt, "checkpw", slow_checkpw)
+    monkeypatch.setattr(auth_module, "BCRYPT_QUEUE_TIMEOUT", 0.05)
+    authenticator = BasicAuthenticator(max_concurrent=2)
+    threads = [
+        threading.Thread(target=authenticator.check, args=({}, "mallory", f"p{i}".encode())) for i in range(2)
+    ]
+    for thread in threads:
+        thread.start()
+    assert running.acquire(timeout=10) and running.acquire(timeout=10)
+    # Both slots busy: a third check gives up instead of queueing without bound.
+    assert not authenticator.check({}, "mallory", b"third")
+    assert len(active) == 2
+    release.set()
+    for thread in threads:
+        thread.join(10)
+
+
+def test_failing_clients_are_slowed_down_per_address() -> None:
+    throttle = FailureThrottle(step=0.1, max_delay=1.0, window=60.0, size=2)
+    delays = [throttle.failed("10.0.0.1", now=float(i)) for i in range(20)]
+    assert delays[0] == 0.0 and delays[1] == pytest.approx(0.1) and delays[-1] == 1.0
+    assert throttle.failed("10.0.0.2", now=20.0) == 0.0  # another client is not slowed by the first
+    assert throttle.failed("10.0.0.1", now=200.0) == 0.0  # failures older than the window are forgotten
+    throttle.failed("10.0.0.3", now=201.0)
+    assert len(throttle._failures) == 2  # bounded
 
 
 def test_password_longer_than_bcrypt_allows_is_just_wrong() -> None:
@@ -133,9 +202,9 @@ def test_watcher_keeps_last_good_and_logs_once(tmp_path: Path, caplog: pytest.Lo
     assert watcher.current() is good
     assert len([r for r in caplog.records if r.levelno == logging.ERROR]) == 2
 
-    _write(config, "", 3)
+    _write(config, f"basic_auth_users:\n  carol: '{CAROL_HASH}'\n  dave: '{CAROL_HASH}'\n", 3)
     clock.now += 2
-    assert watcher.current().config.users == ()
+    assert watcher.current().config.users == ("carol", "dave")
 
 
 def test_watcher_keeps_the_rate_limit_bucket_when_unchanged(tmp_path: Path) -> None:
@@ -152,7 +221,7 @@ def test_watcher_keeps_the_rate_limit_bucket_when_unchanged(tmp_path: Path) -> N
     _write(config, "rate_limit:\n  interval: 1h\n  burst: 2\n", 3)
     clock.now += 2
     assert watcher.current().limiter is not bucket
-    _write(config, "", 4)
+    _write(config, "http_server_config: {}\n", 4)
     clock.now += 2
     assert watcher.current().limiter is None
 
@@ -162,3 +231,82 @@ def test_watcher_start_with_a_bad_file_raises(tmp_path: Path) -> None:
     config.write_text("nope: 1\n")
     with pytest.raises(WebConfigError, match="unknown key 'nope'"):
         ConfigWatcher(str(config))
+
+
+# -- a reload never weakens security silently (issue 13) ---------------------------------------------
+
+AUTH = f"basic_auth_users:\n  carol: '{CAROL_HASH}'\n"
+WEAKER = {
+    "truncated": "",
+    "comment only": "# basic_auth_users removed for debugging\n",
+    "users key without users": "basic_auth_users:\n",
+    "users emptied": "basic_auth_users: {}\n",
+    "another section only": "http_server_config:\n  headers:\n    X-Frame-Options: deny\n",
+    "unparseable": "basic_auth_users: [\n",
+    "not UTF-8": b"basic_auth_users:\n  carol: \xff\n",
+}
+
+
+@pytest.mark.parametrize("name", sorted(WEAKER))
+def test_a_reload_that_removes_basic_auth_is_refused(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, name: str
+) -> None:
+    clock = FakeClock()
+    config = tmp_path / "web.yml"
+    _write(config, AUTH, 1)
+    watcher = ConfigWatcher(str(config), check_interval=1.0, clock=clock)
+    good = watcher.current()
+    text = WEAKER[name]
+    if isinstance(text, bytes):
+        config.write_bytes(text)
+        os.utime(config, ns=(2 * 10**9, 2 * 10**9))
+    else:
+        _write(config, text, 2)
+    clock.now += 2
+    assert watcher.current() is good
+    assert watcher.last_reload_successful is False
+    assert [r.levelno for r in caplog.records] == [logging.ERROR]
+    # A good change afterwards reloads, and the state says so.
+    _write(config, AUTH + f"  dave: '{CAROL_HASH}'\n", 3)
+    clock.now += 2
+    assert watcher.current().config.users == ("carol", "dave")
+    assert watcher.last_reload_successful is True
+
+
+def _tls(pki_dir: Path, extra: str = "") -> str:
+    return f"tls_server_config:\n  cert_file: {pki_dir}/server.pem\n  key_file: {pki_dir}/server.key\n{extra}"
+
+
+TLS_WEAKER = {
+    "client certificate no longer required": (
+        "  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: {ca}\n",
+        "  client_auth_type: VerifyClientCertIfGiven\n  client_ca_file: {ca}\n",
+    ),
+    "client certificates switched off": (
+        "  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: {ca}\n",
+        "",
+    ),
+    "SAN allowlist removed": (
+        "  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: {ca}\n"
+        "  client_allowed_sans: [client.example]\n",
+        "  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: {ca}\n",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(TLS_WEAKER))
+def test_a_reload_that_weakens_tls_client_authentication_is_refused(tmp_path: Path, pki: Pki, name: str) -> None:
+    for source, target in ((pki.server.cert, "server.pem"), (pki.server.key, "server.key")):
+        (tmp_path / target).write_bytes(source.read_bytes())
+    before, after = (t.format(ca=pki.ca.cert) for t in TLS_WEAKER[name])
+    clock = FakeClock()
+    config = tmp_path / "web.yml"
+    _write(config, _tls(tmp_path, before), 1)
+    watcher = ConfigWatcher(str(config), check_interval=1.0, clock=clock)
+    good = watcher.current()
+    _write(config, _tls(tmp_path, after), 2)
+    clock.now += 2
+    assert watcher.current() is good and watcher.last_reload_successful is False
+    _write(config, "", 3)  # TLS off altogether: refused as well
+    clock.now += 2
+    assert watcher.current() is good and watcher.last_reload_successful is False

@@ -424,8 +424,9 @@ def test_reload_users_and_keep_last_good(
         assert len(errors) == 1  # logged once, not per request
         assert "basic_auth_users.dave" in errors[0].getMessage()
 
-        write(config, "", bump=30)  # fixed: now without auth
-        assert fetch(server)[0] == 200
+        write(config, f"basic_auth_users:\n  carol: '{CAROL_HASH}'\n", bump=30)  # fixed
+        assert fetch(server, headers=basic("carol", "carol123"))[0] == 200
+        assert fetch(server, headers=basic("dave", "dave123"))[0] == 401
 
 
 def test_invalid_config_fails_start(tmp_path: Path) -> None:

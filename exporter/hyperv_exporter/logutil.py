@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import threading
 import time
@@ -64,21 +65,48 @@ def _fields(record: logging.LogRecord) -> dict[str, Any]:
     return result
 
 
+# Characters no log line may carry raw: C0 and C1 controls, DEL, line and paragraph separators, and
+# the bidi and zero-width controls that make a terminal or viewer show something else than is there.
+# A client controls the request line and a host controls its error texts, and both reach the log.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]")
+_NEEDS_QUOTES = re.compile(r'[ ="\\]')
+_LOGFMT_ESCAPED = re.compile(r'[\\"]|' + _CONTROL.pattern)
+_SHORT_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\t": "\\t", "\r": "\\r"}
+
+
+def _escape_char(match: re.Match[str]) -> str:
+    char = match.group()
+    # \uXXXX as in JSON: what go-logfmt and Loki's logfmt parser decode.
+    return _SHORT_ESCAPES.get(char) or f"\\u{ord(char):04x}"
+
+
 def _logfmt_value(value: Any) -> str:
     text = str(value)
-    if text == "" or any(c in text for c in ' ="\\\n\t'):
-        text = '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\t", "\\t") + '"'
+    if text == "" or _NEEDS_QUOTES.search(text) or _CONTROL.search(text):
+        text = '"' + _LOGFMT_ESCAPED.sub(_escape_char, text) + '"'
     return text
+
+
+def _logfmt_key(key: str) -> str:
+    return re.sub(r"[^\w.-]", "_", key) or "_"
+
+
+def _json_escape_controls(text: str) -> str:
+    """``json.dumps`` escapes C0 controls only; escape the rest as ``\\uXXXX`` (inside strings, the
+    only place such characters can be in JSON text)."""
+    return _CONTROL.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
 class LogfmtFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        return redact(" ".join(f"{k}={_logfmt_value(v)}" for k, v in _fields(record).items()))
+        # Redacted before escaping, so that a secret with a quote or backslash in it is still found.
+        return " ".join(f"{_logfmt_key(k)}={_logfmt_value(redact(str(v)))}" for k, v in _fields(record).items())
 
 
 class JSONFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        return redact(json.dumps(_fields(record), default=str, ensure_ascii=False))
+        fields = {k: redact(v) if isinstance(v, str) else v for k, v in _fields(record).items()}
+        return _json_escape_controls(redact(json.dumps(fields, default=str, ensure_ascii=False)))
 
 
 def setup_logging(level: str = "info", fmt: str = "logfmt", stream: TextIO | None = None) -> None:

@@ -41,7 +41,7 @@ from hyperv_exporter.guest.ntp import MeasureOptions, NtpMonitor, NtpServer, par
 from hyperv_exporter.guest.rootfs import Root
 from hyperv_exporter.guest.textfile import write_atomic
 from hyperv_exporter.logutil import FORMATS, LEVELS, setup_logging
-from hyperv_exporter.web import WebConfigError, WebServer, add_web_flags
+from hyperv_exporter.web import WebConfigError, WebServer, add_web_flags, web_config_reload_gauge
 
 log = logging.getLogger("hyperv_guest_agent")
 
@@ -393,7 +393,9 @@ def run_http(agent: Agent, args: argparse.Namespace, stop: threading.Event) -> i
         make_handler(agent.registry, agent.collectors),
         web_config_file=args.web_config_file,
         name="hyperv-guest-agent",
+        max_connections=args.web_max_connections,
     )
+    server.bind_reload_gauge(web_config_reload_gauge("hyperv_guest", agent.registry))
     try:
         server.start()
     except (OSError, WebConfigError) as exc:

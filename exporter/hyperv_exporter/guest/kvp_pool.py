@@ -20,6 +20,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+import stat
 import sys
 import time
 import uuid
@@ -137,6 +138,39 @@ class PoolLockTimeout(TimeoutError):
     """Another process held a write lock on the pool for longer than the timeout."""
 
 
+class PoolNotAFile(OSError):
+    """The pool path is not a regular file (a FIFO, device, socket or directory): the pool is invalid."""
+
+
+_FILE_TYPES = {stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device",
+               stat.S_IFSOCK: "a socket", stat.S_IFDIR: "a directory", stat.S_IFLNK: "a symbolic link"}  # fmt: skip
+
+
+def _require_regular(path: Path, mode: int) -> None:
+    if not stat.S_ISREG(mode):
+        kind = _FILE_TYPES.get(stat.S_IFMT(mode), "not a regular file")
+        raise PoolNotAFile(errno.EINVAL, f"{path}: {kind}, not a KVP pool file; the pool is invalid")
+
+
+def _open_pool(path: Path) -> int:
+    """Open a pool for reading without ever blocking or touching a special file.
+
+    Opening a FIFO for reading blocks until a writer appears (forever, for a FIFO planted where a
+    pool belongs), and opening a device can have side effects. So the type is checked with
+    ``lstat`` before opening, and again with ``fstat`` on a descriptor opened ``O_NONBLOCK`` and
+    ``O_NOFOLLOW``, in case the path was swapped between the two.
+    """
+    _require_regular(path, os.lstat(path).st_mode)
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
+    try:
+        _require_regular(path, os.fstat(fd).st_mode)
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 def read_pool_file(
     path: Path,
     lock_timeout: float,
@@ -151,9 +185,10 @@ def read_pool_file(
     a short back-off until ``lock_timeout``. The daemon holds the lock for microseconds; a lock held
     longer is a stuck or hostile holder and the read fails (for this collector only).
 
-    Raises FileNotFoundError if the pool does not exist and :class:`PoolLockTimeout` on timeout.
+    Raises FileNotFoundError if the pool does not exist, :class:`PoolNotAFile` if it is not a
+    regular file, and :class:`PoolLockTimeout` on timeout.
     """
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0))
+    fd = _open_pool(path)
     try:
         deadline = clock() + lock_timeout
         pause = 0.005

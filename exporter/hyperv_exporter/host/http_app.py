@@ -97,10 +97,15 @@ class ExporterApp:
             return self._bad_request("bad_request", "target parameter is missing or given more than once")
         if len(modules) != 1:
             return self._bad_request("bad_request", "module parameter is given more than once")
-        target, module_name = targets[0].strip(), modules[0]
+        target, module_name = targets[0], modules[0]
+        for name, value in (("target", target), ("module", module_name)):
+            # Refused rather than stripped: " HV01" is a relabelling mistake, and the label, the
+            # allowlist check and the connection must all see one spelling.
+            if value != value.strip():
+                return self._bad_request("bad_request", f"{name} {value[:80]!r} has leading or trailing whitespace")
         module = self.config.modules.get(module_name)
         if module is None:
-            return self._bad_request("unknown_module", f"unknown module {module_name!r}")
+            return self._bad_request("unknown_module", f"unknown module {module_name[:80]!r}")
         try:
             split_target(target)
         except ValueError as exc:

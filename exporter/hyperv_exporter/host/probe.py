@@ -16,11 +16,14 @@ Rules this module enforces, because Prometheus and Hyper-V hosts both punish the
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from hyperv_exporter import logutil
 from hyperv_exporter.host import cimxml, report, script
@@ -128,13 +131,79 @@ class _Entry:
     warned_script: str | None = None  # the outdated script hash already warned about (once per host)
 
 
+class DaemonExecutor:
+    """A thread pool whose threads never delay the end of the process.
+
+    ``ThreadPoolExecutor`` joins its workers when the interpreter exits, so one worker stuck where
+    no deadline reaches (a hung name lookup, a library call) kept a SIGTERMed exporter alive for
+    as long as it stayed stuck. These workers are daemon threads that nothing joins; a conversation
+    cut short by the exit holds nothing that needs flushing.
+    """
+
+    def __init__(self, max_workers: int, thread_name_prefix: str) -> None:
+        self._max_workers = max_workers
+        self._prefix = thread_name_prefix
+        self._queue: queue.SimpleQueue[tuple[Future[Any], Callable[..., Any], tuple[Any, ...]] | None] = (
+            queue.SimpleQueue()
+        )
+        self._lock = threading.Lock()
+        self._threads = 0
+        self._idle = 0
+        self._shutdown = False
+
+    def submit(self, fn: Callable[..., ProbeResult], *args: Any) -> Future[ProbeResult]:
+        future: Future[ProbeResult] = Future()
+        with self._lock:
+            if self._shutdown:
+                raise RuntimeError("cannot schedule new work after shutdown")
+            self._queue.put((future, fn, args))
+            if self._idle > 0:
+                self._idle -= 1  # an idle worker takes it
+            elif self._threads < self._max_workers:
+                self._threads += 1
+                threading.Thread(target=self._work, name=f"{self._prefix}_{self._threads}", daemon=True).start()
+        return future
+
+    def _work(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            future, fn, args = item
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(fn(*args))
+                except BaseException as exc:
+                    future.set_exception(exc)
+            del item, future, fn, args
+            with self._lock:
+                if self._shutdown:
+                    return
+                self._idle += 1
+
+    def shutdown(self) -> None:
+        """Cancel queued work and let idle workers end; running work is not waited for."""
+        with self._lock:
+            self._shutdown = True
+            workers = self._threads
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is not None:
+                item[0].cancel()
+        for _ in range(workers):
+            self._queue.put(None)
+
+
 class Prober:
     def __init__(self, metrics: ExporterMetrics, allowed_collectors: tuple[str, ...], max_workers: int = 256) -> None:
         self.metrics = metrics
         self.allowed_collectors = allowed_collectors
         self._entries: dict[tuple[str, str], _Entry] = {}
         self._lock = threading.Lock()
-        self._executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="probe")
+        self._executor = DaemonExecutor(max_workers=max_workers, thread_name_prefix="probe")
         self.history: deque[ProbeSummary] = deque(maxlen=HISTORY_LENGTH)
         self._stopped = threading.Event()
 
@@ -205,11 +274,15 @@ class Prober:
 
     def stop(self) -> None:
         self._stopped.set()
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._executor.shutdown()
         with self._lock:
             sessions = [e.session for e in self._entries.values() if e.session is not None]
-        for session in sessions:
-            session.close()
+        # In parallel and bounded: a session whose run is stuck must not hold up the others or the exit.
+        closers = [threading.Thread(target=s.close, daemon=True) for s in sessions]
+        for closer in closers:
+            closer.start()
+        for closer in closers:
+            closer.join(timeout=1.5)
 
     def latest_good(self, module: str) -> list[ProbeResult]:
         """The latest successful result of every target probed with ``module`` (read-only; for /sd)."""

@@ -16,6 +16,7 @@ from prometheus_client import (
 
 from hyperv_exporter import __version__
 from hyperv_exporter.host.transport.errors import REASONS
+from hyperv_exporter.web import web_config_reload_gauge
 
 # No *_created series: client_python adds one per counter and histogram child (process start time
 # per label set, 6 families here), which no alert, dashboard or recording rule of this project
@@ -87,6 +88,8 @@ class ExporterMetrics:
             "Time of the last successful configuration (re)load.",
             registry=r,
         )
+
+        self.web_reload_success = web_config_reload_gauge("hyperv_exporter", r)
 
     def init_module(self, module: str) -> None:
         """Pre-initialise per-module series so that they exist (as 0) before the first probe."""

@@ -15,7 +15,7 @@ from .config import WebConfig, WebConfigError
 from .flags import add_web_flags
 from .messages import Handler, Request, Response
 from .reload import load_web_config
-from .server import WebServer
+from .server import WebServer, web_config_reload_gauge
 
 __all__ = [
     "Handler",
@@ -26,4 +26,5 @@ __all__ = [
     "WebServer",
     "add_web_flags",
     "load_web_config",
+    "web_config_reload_gauge",
 ]

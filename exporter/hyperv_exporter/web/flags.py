@@ -6,6 +6,8 @@ import argparse
 from collections.abc import Sequence
 from typing import Any
 
+from .server import DEFAULT_MAX_CONNECTIONS
+
 TOOLKIT_DOCS = "https://github.com/prometheus/exporter-toolkit/blob/master/docs/web-configuration.md"
 
 
@@ -25,8 +27,19 @@ class _AppendOverridingDefault(argparse.Action):
         setattr(namespace, self.dest, [*current, values])
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
+    return value
+
+
 def add_web_flags(parser: argparse.ArgumentParser, default_port: int) -> None:
-    """Add ``--web.listen-address`` (repeatable) and ``--web.config.file``, as the toolkit's kingpinflag does."""
+    """Add ``--web.listen-address`` (repeatable) and ``--web.config.file``, as the toolkit's kingpinflag does,
+    and ``--web.max-connections`` (named in the same style)."""
     default = f":{default_port}"
     parser.add_argument(
         "--web.listen-address",
@@ -45,4 +58,15 @@ def add_web_flags(parser: argparse.ArgumentParser, default_port: int) -> None:
         default=None,
         metavar="FILE",
         help=f"Path to configuration file that can enable TLS or authentication. See: {TOOLKIT_DOCS}",
+    )
+    parser.add_argument(
+        "--web.max-connections",
+        dest="web_max_connections",
+        type=_positive,
+        default=DEFAULT_MAX_CONNECTIONS,
+        metavar="N",
+        help=(
+            "Maximum number of connections served at once; above it, the connection that has waited "
+            f"longest for a request is closed to make room. (default: {DEFAULT_MAX_CONNECTIONS})"
+        ),
     )

@@ -1,5 +1,11 @@
 """The HTTP(S) server shared by the exporter and the guest agent: stdlib only, one thread per connection.
 
+At most ``max_connections`` connections are served at once (``--web.max-connections``), one
+thread each. Above that, a new connection takes the place of the one that has waited longest for
+its next request (idle keep-alive, or a request line or headers still trickling in): an idle
+flood cannot lock out Prometheus or ``/-/healthy``, and connections whose request is being
+answered are never cut. If every connection is busy answering, the new one gets a 503.
+
 Per connection: TLS handshake with the current SSLContext (so certificates rotate without a
 restart), then HTTP/1.1 keep-alive. Per request, in this order: client SAN allowlist (403), rate
 limit (429), body size (413 above 1 MiB), basic auth (401), the handler (500 if it fails), then
@@ -25,7 +31,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any, cast
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from .auth import BasicAuthenticator, parse_basic_auth
+from prometheus_client import CollectorRegistry, Gauge
+
+from .auth import BasicAuthenticator, FailureThrottle, parse_basic_auth
 from .config import WebConfig
 from .listen import ListenAddress, open_listener, parse_listen_address
 from .messages import Handler, Headers, Request, Response
@@ -40,6 +48,11 @@ IDLE_TIMEOUT = 60.0  # waiting for the next request on a kept-alive connection (
 READ_TIMEOUT = 30.0  # TLS handshake; request line, headers and body once a request has started
 WRITE_TIMEOUT = 60.0  # sending one response
 MAX_QUERY_FIELDS = 1000
+DEFAULT_MAX_CONNECTIONS = 1024  # each is a thread (~40 KiB resident); Prometheus keeps one per target
+_BUSY = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 21\r\n"
+    b"Connection: close\r\n\r\ntoo many connections\n"
+)
 
 # The server owns framing; a handler's own values for these would corrupt the response.
 _FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding"})
@@ -69,18 +82,51 @@ class _DeadlineReader(io.RawIOBase):
 class _ServerState:
     """What every connection of one WebServer shares."""
 
-    def __init__(self, name: str, handler: Handler, watcher: ConfigWatcher | None, tls: bool) -> None:
+    def __init__(
+        self, name: str, handler: Handler, watcher: ConfigWatcher | None, tls: bool, max_connections: int
+    ) -> None:
         self.name = name
         self.handler = handler
         self.watcher = watcher
         self.tls = tls
+        self.max_connections = max_connections
+        self.active = 0  # connection threads started and not finished
+        self.waiting: dict[socket.socket, float] = {}  # connections waiting for (the rest of) a request
         self.static = Runtime(config=WebConfig())
         self.authenticator = BasicAuthenticator()
+        self.throttle = FailureThrottle()
         self.connections: set[socket.socket] = set()
         self.lock = threading.Lock()
+        self.stopping = threading.Event()
 
     def runtime(self) -> Runtime:
         return self.watcher.current() if self.watcher is not None else self.static
+
+    def admit(self) -> bool:
+        """Take a connection slot, if need be by cutting the connection that waited longest for a request."""
+        with self.lock:
+            if self.active < self.max_connections:
+                self.active += 1
+                return True
+            if not self.waiting:
+                return False
+            victim = min(self.waiting, key=self.waiting.__getitem__)
+            del self.waiting[victim]
+            self.active += 1  # briefly one over: the victim's thread ends as soon as its socket is shut
+        with contextlib.suppress(OSError):
+            socket.socket.shutdown(victim, socket.SHUT_RDWR)
+        return True
+
+    def release(self) -> None:
+        with self.lock:
+            self.active -= 1
+
+    def set_waiting(self, sock: socket.socket, waiting: bool) -> None:
+        with self.lock:
+            if waiting:
+                self.waiting[sock] = time.monotonic()
+            else:
+                self.waiting.pop(sock, None)
 
 
 class _Listener(socketserver.ThreadingMixIn, socketserver.TCPServer):
@@ -99,6 +145,12 @@ class _Listener(socketserver.ThreadingMixIn, socketserver.TCPServer):
     def shutdown_request(self, request: Any) -> None:
         # The handler closes its connection (which may be a TLS wrapper around this socket).
         self.close_request(request)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.state.release()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # Client misbehaviour is handled in the connection handler; what reaches here is our bug.
@@ -177,11 +229,14 @@ class _ConnectionHandler(http.server.BaseHTTPRequestHandler):
         with self.state.lock:
             if replaces is not None:
                 self.state.connections.discard(replaces)
+                self.state.waiting.pop(replaces, None)
             self.state.connections.add(sock)
+            self.state.waiting[sock] = time.monotonic()  # the TLS handshake and first request are still to come
 
     def _untrack(self, sock: socket.socket) -> None:
         with self.state.lock:
             self.state.connections.discard(sock)
+            self.state.waiting.pop(sock, None)
 
     @staticmethod
     def _drain(sock: socket.socket) -> None:
@@ -202,6 +257,7 @@ class _ConnectionHandler(http.server.BaseHTTPRequestHandler):
         # and the read deadlines are armed per phase. parse_request() may fail before it sets
         # command/path/version, and send_error() reads them.
         self.command, self.path, self.request_version = "", "", self.default_request_version
+        self.state.set_waiting(self.connection, True)
         self._reader.arm(IDLE_TIMEOUT)
         self.raw_requestline = self.rfile.readline(65537)
         self._reader.arm(READ_TIMEOUT)
@@ -215,6 +271,15 @@ class _ConnectionHandler(http.server.BaseHTTPRequestHandler):
             return
         if not self.parse_request():
             return
+        if self.request_version == "HTTP/0.9":
+            # http.server would answer "GET /" without a status line or headers (the configured
+            # security headers included); nothing legitimate speaks HTTP/0.9 any more.
+            self.request_version = self.default_request_version
+            self.close_connection = True
+            self.send_error(400, "HTTP/0.9 is not supported")
+            return
+        # Headers complete: from here on this connection is being answered and is never cut for a new one.
+        self.state.set_waiting(self.connection, False)
         self._serve()
         self.wfile.flush()
 
@@ -266,6 +331,12 @@ class _ConnectionHandler(http.server.BaseHTTPRequestHandler):
         if config.basic_auth_users:
             credentials = parse_basic_auth(self.headers.get("Authorization"))
             if credentials is None or not self.state.authenticator.check(config.basic_auth_users, *credentials):
+                if credentials is not None:
+                    # Slows the flood's own connection down; its thread sleeps, the CPU stays free,
+                    # and meanwhile it may be cut to make room for a new connection (at the cap).
+                    self.state.set_waiting(self.connection, True)
+                    self.state.stopping.wait(self.state.throttle.failed(_client_ip(self.client_address[0])))
+                    self.state.set_waiting(self.connection, False)
                 realm = self.state.name.replace("\\", "\\\\").replace('"', '\\"')
                 denied = Response(
                     status=401, body="Unauthorized\n", headers={"WWW-Authenticate": f'Basic realm="{realm}"'}
@@ -352,6 +423,14 @@ class _ConnectionHandler(http.server.BaseHTTPRequestHandler):
 
     # --- BaseHTTPRequestHandler hooks ---------------------------------------------------------
 
+    def send_response_only(self, code: int, message: str | None = None) -> None:
+        # A request line that merely *ends* in "HTTP/0.9" sets request_version before it is found
+        # malformed; http.server would then send its error without a status line or headers.
+        if self.request_version == "HTTP/0.9":
+            self.request_version = self.default_request_version
+            self.close_connection = True
+        super().send_response_only(code, message)
+
     def version_string(self) -> str:
         return self.state.name
 
@@ -394,6 +473,16 @@ def _client_ip(host: str) -> str:
     return host
 
 
+def web_config_reload_gauge(prefix: str, registry: CollectorRegistry) -> Gauge:
+    """``{prefix}_web_config_last_reload_successful``, the same in both programs."""
+    return Gauge(
+        f"{prefix}_web_config_last_reload_successful",
+        "0 after a change to --web.config.file was refused (invalid, empty, or weakening auth or TLS); "
+        "the previous web config stays in force.",
+        registry=registry,
+    )
+
+
 class WebServer:
     """Serves ``handler`` on every listen address, with the TLS, auth and limits of a toolkit web config.
 
@@ -409,11 +498,15 @@ class WebServer:
         *,
         web_config_file: str | None = None,
         name: str = "hyperv-exporter",
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
     ) -> None:
         if isinstance(listen_addresses, str):
             raise TypeError("listen_addresses must be a sequence of strings, not a string")
         if not listen_addresses:
             raise ValueError("no listen address given")
+        if max_connections < 1:
+            raise ValueError("max_connections must be at least 1")
+        self._max_connections = max_connections
         self._addresses: list[ListenAddress] = [parse_listen_address(a) for a in listen_addresses]
         self._handler = handler
         self._web_config_file = web_config_file or None
@@ -437,7 +530,7 @@ class WebServer:
         self._started = True
         watcher = ConfigWatcher(self._web_config_file) if self._web_config_file else None
         tls = watcher is not None and watcher.current().ssl_context is not None
-        state = _ServerState(self._name, self._handler, watcher, tls)
+        state = _ServerState(self._name, self._handler, watcher, tls, self._max_connections)
         sockets: list[socket.socket] = []
         try:
             for address in self._addresses:
@@ -480,14 +573,32 @@ class WebServer:
                         logger.warning("Cannot accept connections: %s", exc)
                         self._stopping.wait(0.5)
                         continue
+                    if not listener.state.admit():
+                        self._refuse(conn, listener.state.tls)
+                        continue
                     conn.setblocking(True)
-                    listener.process_request(conn, client_address)
+                    try:
+                        listener.process_request(conn, client_address)
+                    except RuntimeError:  # no thread could be started
+                        listener.state.release()
+                        conn.close()
+
+    @staticmethod
+    def _refuse(conn: socket.socket, tls: bool) -> None:
+        """Every slot is answering a request: a 503 without reading (plain HTTP only), then close."""
+        if not tls:
+            with contextlib.suppress(OSError):
+                conn.send(_BUSY)  # non-blocking: a client that does not read gets nothing
+        with contextlib.suppress(OSError):
+            conn.close()
 
     def stop(self) -> None:
         """Stop listening and close every socket, including kept-alive connections; idempotent."""
         if self._stopping.is_set():
             return
         self._stopping.set()
+        if self._state is not None:
+            self._state.stopping.set()
         if self._wake is not None:
             with contextlib.suppress(OSError):
                 self._wake[1].send(b"x")
@@ -505,6 +616,16 @@ class WebServer:
         if self._wake is not None:
             for end in self._wake:
                 end.close()
+
+    @property
+    def web_config_reload_successful(self) -> bool:
+        """False after a change to the web config was refused (invalid, or weakening security)."""
+        watcher = self._state.watcher if self._state is not None else None
+        return watcher is None or watcher.last_reload_successful
+
+    def bind_reload_gauge(self, gauge: Gauge) -> None:
+        """Make ``gauge`` (from :func:`web_config_reload_gauge`) report :attr:`web_config_reload_successful`."""
+        gauge.set_function(lambda: 1.0 if self.web_config_reload_successful else 0.0)
 
     @property
     def addresses(self) -> list[tuple[str, int]]:

@@ -19,6 +19,18 @@ which :class:`HardenedHTTP` closes:
 - **Encryption downgrade.** With NTLM or Kerberos message encryption, pywinrm accepts a response
   that is *not* encrypted as if it were; an active attacker on plain HTTP could feed the exporter
   data that way. A 2xx answer that is not encrypted while encryption is on is refused.
+- **Redirects.** ``requests`` follows redirects, and requests_ntlm authenticates wherever it lands:
+  a listed host answering ``302 Location: http://elsewhere/`` would get the module's credentials
+  sent to an unlisted address. The adapter refuses every redirect (:class:`RedirectRefused`)
+  before anything is sent to the new location, whatever session, protocol or auth hook sent the
+  request: WinRM and PSRP never redirect.
+- **Name lookups that hang.** ``getaddrinfo`` has no timeout and no socket to shut down, so the
+  watchdog cannot reach it. Names are resolved by :data:`RESOLVER` in daemon threads, waited for
+  at most until the request's deadline (:class:`NameLookupError`), and one lookup per name runs
+  at a time: a stuck resolver costs one thread per name, not one per probe.
+- **No authentication.** An NTLM listener that answers 200 to the authentication request never
+  set up the session keys; pywinrm would then fail with ``AttributeError``. It is refused with
+  :class:`AuthenticationSkipped`.
 
 Server certificates are checked against the operating system's trust store when a module gives no
 ``ca_file`` (:func:`system_ca_path`), not against certifi's bundle: WinRM listeners carry
@@ -29,6 +41,7 @@ from __future__ import annotations
 
 import contextlib
 import heapq
+import ipaddress
 import itertools
 import logging
 import socket
@@ -45,14 +58,31 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 from urllib3.response import HTTPResponse
+from urllib3.util.connection import allowed_gai_family
+from winrm.encryption import Encryption
+from winrm.exceptions import InvalidCredentialsError, WinRMTransportError
 from winrm.transport import HAVE_KERBEROS, Transport
+
+from hyperv_exporter.host.transport.errors import excerpt
 
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "HAVE_KERBEROS", "DeadlineExceeded", "HardenedHTTP", "HardenedTransport", "ResponseTooLarge", "UnsafeResponse",
-]  # fmt: skip
+    "HAVE_KERBEROS",
+    "RESOLVER",
+    "AuthenticationSkipped",
+    "BoundedResolver",
+    "DeadlineExceeded",
+    "HardenedAdapter",
+    "HardenedHTTP",
+    "HardenedTransport",
+    "NameLookupError",
+    "RedirectRefused",
+    "ResponseTooLarge",
+    "UnsafeResponse",
+]
 
 DEFAULT_MAX_RESPONSE_BYTES = 4 * 1024 * 1024  # pywinrm asks for 150 KiB envelopes; 4 MiB is ample headroom
 _DTD_MARKERS = (b"<!DOCTYPE", b"<!ENTITY")
@@ -69,6 +99,108 @@ class DeadlineExceeded(requests.exceptions.Timeout):
 
 class UnsafeResponse(requests.exceptions.RequestException):
     """A response the exporter refuses to parse (a DTD, or plaintext where encryption was agreed)."""
+
+
+class RedirectRefused(requests.exceptions.RequestException):
+    """The listener answered with a redirect; nothing was sent to the location it names."""
+
+    def __init__(self, status: int, location: str) -> None:
+        shown = location or "(no Location)"
+        super().__init__(f"the listener answered HTTP {status} redirecting to {shown}; not followed")
+        self.status = status
+        self.location = location
+
+
+class AuthenticationSkipped(requests.exceptions.RequestException):
+    """An authentication that must negotiate keys (NTLM) got an answer without any negotiation."""
+
+
+class NameLookupError(Exception):
+    """Resolving the host's name failed or did not finish by the deadline.
+
+    Not an ``OSError`` on purpose: urllib3 wraps those into retries and connection errors, and
+    this one must reach the transport unchanged.
+    """
+
+    def __init__(self, host: str, detail: str, *, timed_out: bool) -> None:
+        super().__init__(f"cannot resolve {excerpt(host, 80)!r}: {detail}")
+        self.timed_out = timed_out
+
+
+# -- name resolution bounded by the deadline --------------------------------------------------------
+
+
+class _Lookup:
+    __slots__ = ("addresses", "done", "error")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.addresses: list[str] = []
+        self.error: str | None = None
+
+
+GetAddrInfo = Callable[..., list[tuple[Any, ...]]]
+MAX_LOOKUP_WAIT = 60.0  # a request without a deadline still does not wait forever for a name
+
+
+class BoundedResolver:
+    """``getaddrinfo`` in daemon threads, waited for at most until a deadline; one lookup per name at a time.
+
+    ``getaddrinfo`` is the seam tests replace (with one that hangs, or one that answers other
+    addresses). IP literals are returned as they are, without a thread.
+    """
+
+    def __init__(self, getaddrinfo: GetAddrInfo = socket.getaddrinfo) -> None:
+        self.getaddrinfo = getaddrinfo
+        self._lock = threading.Lock()
+        self._pending: dict[tuple[str, int], _Lookup] = {}
+
+    def pending(self) -> int:
+        """Lookups started and not finished (stuck ones included)."""
+        with self._lock:
+            return len(self._pending)
+
+    def resolve(self, host: str, port: int, deadline: float | None) -> list[str]:
+        host = host.strip("[]")
+        try:
+            ipaddress.ip_address(host)
+            return [host]
+        except ValueError:
+            pass
+        key = (host.lower(), port)
+        with self._lock:
+            lookup = self._pending.get(key)
+            if lookup is None:
+                lookup = self._pending[key] = _Lookup()
+                threading.Thread(
+                    target=self._run, args=(key, host, port, lookup), name=f"resolve-{host[:40]}", daemon=True
+                ).start()
+        wait = MAX_LOOKUP_WAIT if deadline is None else min(MAX_LOOKUP_WAIT, deadline - time.monotonic())
+        if not lookup.done.wait(max(0.0, wait)):
+            raise NameLookupError(host, "the name lookup did not finish before the probe deadline", timed_out=True)
+        if lookup.error is not None:
+            raise NameLookupError(host, lookup.error, timed_out=False)
+        return lookup.addresses
+
+    def _run(self, key: tuple[str, int], host: str, port: int, lookup: _Lookup) -> None:
+        try:
+            infos = self.getaddrinfo(host, port, allowed_gai_family(), socket.SOCK_STREAM)
+            addresses = [str(info[4][0]) for info in infos]
+            lookup.addresses = list(dict.fromkeys(addresses))
+            if not lookup.addresses:
+                lookup.error = "no addresses"
+        except (OSError, UnicodeError) as exc:
+            lookup.error = excerpt(str(exc), 120)
+        except Exception as exc:  # a broken seam must not leave waiters hanging
+            lookup.error = type(exc).__name__
+        finally:
+            with self._lock:
+                if self._pending.get(key) is lookup:
+                    del self._pending[key]
+            lookup.done.set()
+
+
+RESOLVER = BoundedResolver()
 
 
 # -- watchdog -------------------------------------------------------------------------------------
@@ -153,11 +285,13 @@ WATCHDOG = Watchdog()
 
 
 class _SocketSet:
-    """The sockets one transport has opened (weakly held: urllib3 owns and closes them)."""
+    """The sockets one transport has opened (weakly held: urllib3 owns and closes them), and the
+    deadline of the request in progress, which bounds its name lookup."""
 
     def __init__(self) -> None:
         self._sockets: weakref.WeakSet[socket.socket] = weakref.WeakSet()
         self._lock = threading.Lock()
+        self.deadline: float | None = None
 
     def add(self, sock: socket.socket | None) -> None:
         if sock is not None:
@@ -177,9 +311,22 @@ class _SocketSet:
 def _tracked_connection(base: type[HTTPConnection], sockets: _SocketSet) -> type[HTTPConnection]:
     class Tracked(base):  # type: ignore[valid-type,misc]  # a class built per transport
         def _new_conn(self) -> socket.socket:
-            sock: socket.socket = super()._new_conn()
-            sockets.add(sock)  # before the TLS handshake, so a stalled handshake can be aborted too
-            return sock
+            name: str = self._dns_host  # type: ignore[has-type]  # set by urllib3 (host setter)
+            error: Exception | None = None
+            # Resolved here, bounded by the deadline; urllib3 then only sees IP literals.
+            for address in RESOLVER.resolve(name, self.port, sockets.deadline):
+                self._dns_host = address
+                try:
+                    sock: socket.socket = super()._new_conn()
+                except (NewConnectionError, ConnectTimeoutError) as exc:
+                    error = exc
+                    continue
+                finally:
+                    self._dns_host = name
+                sockets.add(sock)  # before the TLS handshake, so a stalled handshake can be aborted too
+                return sock
+            assert error is not None  # resolve() returns at least one address
+            raise error
 
         def connect(self) -> None:
             super().connect()
@@ -209,12 +356,33 @@ class _CappedResponse(HTTPResponse):
             yield chunk
 
 
-class _HardenedAdapter(HTTPAdapter):
-    def __init__(self, cap: int) -> None:
+class HardenedAdapter(HTTPAdapter):
+    """The requests adapter under every protocol's session: capped bodies, abortable sockets, name
+    lookups bounded by :attr:`deadline`, no redirects. Mount it for ``http://`` and ``https://``."""
+
+    def __init__(self, cap: int = DEFAULT_MAX_RESPONSE_BYTES) -> None:
         self.cap = cap
         self.sockets = _SocketSet()
         # One host, one conversation at a time: one pooled connection is all a transport needs.
         super().__init__(pool_connections=1, pool_maxsize=1, max_retries=0)
+
+    @property
+    def deadline(self) -> float | None:
+        return self.sockets.deadline
+
+    @deadline.setter
+    def deadline(self, value: float | None) -> None:
+        self.sockets.deadline = value
+
+    def send(self, request: requests.PreparedRequest, *args: Any, **kwargs: Any) -> requests.Response:
+        response = super().send(request, *args, **kwargs)
+        # Refused here rather than with allow_redirects=False: auth hooks (requests_ntlm) resend
+        # through the adapter themselves, and any session mounting it is covered.
+        if 300 <= response.status_code < 400:
+            location = excerpt(response.headers.get("Location", ""), 200)
+            response.close()
+            raise RedirectRefused(response.status_code, location)
+        return response
 
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         super().init_poolmanager(*args, **kwargs)
@@ -244,8 +412,16 @@ class HardenedHTTP:
 
     def __init__(self, max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES) -> None:
         self.max_response_bytes = max_response_bytes
-        self.deadline: float | None = None
-        self.adapter = _HardenedAdapter(max_response_bytes)
+        self.adapter = HardenedAdapter(max_response_bytes)
+
+    @property
+    def deadline(self) -> float | None:
+        """Kept on the adapter: its connections bound their name lookups by it."""
+        return self.adapter.deadline
+
+    @deadline.setter
+    def deadline(self, value: float | None) -> None:
+        self.adapter.deadline = value
 
     def harden(self, session: requests.Session) -> None:
         """Route every request of ``session`` through the hardened adapter (idempotent)."""
@@ -289,6 +465,18 @@ class HardenedHTTP:
                 raise UnsafeResponse("the listener answered in plaintext although message encryption is on")
 
     @staticmethod
+    def check_negotiated(response: requests.Response, negotiated: bool) -> None:
+        """Refuse the answer to the authentication request of an encrypted session if no keys were
+        negotiated: the NTLM/Negotiate libraries only negotiate when challenged with a 401, and a
+        listener answering 200 straight away would leave them without a context (AttributeError in
+        pywinrm, KeyError in pypsrp)."""
+        if not negotiated:
+            body = excerpt(response.content) if response.content else "empty body"
+            raise AuthenticationSkipped(
+                f"the listener answered HTTP {response.status_code} without an NTLM authentication step ({body})"
+            )
+
+    @staticmethod
     def check_text(text: bytes) -> None:
         """Refuse a (decrypted) SOAP body that declares a DTD, before any XML parser sees it."""
         if any(marker in text for marker in _DTD_MARKERS):
@@ -325,9 +513,12 @@ class HardenedTransport(Transport):
 
     def setup_encryption(self, session: requests.Session) -> None:
         # Called from inside build_session, before it returns: the set-up request needs the
-        # hardened adapter too.
+        # hardened adapter too. pywinrm's own version, plus the check that keys were negotiated.
         self.http.harden(session)
-        super().setup_encryption(session)
+        prepared = session.prepare_request(requests.Request("POST", self.endpoint, data=None))
+        response = self._send_message_request(session, prepared)
+        self.http.check_negotiated(response, getattr(session.auth, "session_security", True) is not None)
+        self.encryption = Encryption(session, self.auth_method)
 
     def abort(self) -> None:
         """Shut down every connection of this transport (from any thread)."""
@@ -336,8 +527,20 @@ class HardenedTransport(Transport):
     def _send_message_request(
         self, session: requests.Session, prepared_request: requests.PreparedRequest
     ) -> requests.Response:
-        send = super()._send_message_request
-        return self.http.send(lambda: send(session, prepared_request))
+        return self.http.send(lambda: self._send_checked(session, prepared_request))
+
+    def _send_checked(self, session: requests.Session, prepared_request: requests.PreparedRequest) -> requests.Response:
+        """pywinrm's request, except that an error body that is not UTF-8 is still an HTTP error
+        (pywinrm decodes it strictly and fails with ``UnicodeDecodeError``)."""
+        try:
+            response = session.send(prepared_request, timeout=self.read_timeout_sec)
+            response.raise_for_status()
+            return response
+        except requests.HTTPError as ex:
+            if ex.response.status_code == 401:
+                raise InvalidCredentialsError("the specified credentials were rejected by the server") from None
+            text = self._get_message_response_text(ex.response) if ex.response.content else b""
+            raise WinRMTransportError("http", ex.response.status_code, text.decode("utf-8", errors="replace")) from None
 
     def _get_message_response_text(self, response: requests.Response) -> bytes:
         self.http.check_encrypted(response, self.encryption is not None)

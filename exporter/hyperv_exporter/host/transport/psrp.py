@@ -36,8 +36,10 @@ import time
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any, cast
+from urllib.parse import urlsplit
 
 import requests
+from pypsrp._utils import get_hostname
 from pypsrp.complex_objects import PSInvocationState
 from pypsrp.exceptions import (
     AuthenticationError,
@@ -51,8 +53,8 @@ from pypsrp.wsman import WSMan, _TransportHTTP
 
 from hyperv_exporter import logutil
 from hyperv_exporter.host.script import host_filterable
-from hyperv_exporter.host.transport.errors import ACCESS_DENIED_HINT, WSMAN_ACCESS_DENIED, ProbeError
-from hyperv_exporter.host.transport.http import HardenedHTTP, UnsafeResponse, system_ca_path
+from hyperv_exporter.host.transport.errors import ACCESS_DENIED_HINT, WSMAN_ACCESS_DENIED, ProbeError, excerpt
+from hyperv_exporter.host.transport.http import RESOLVER, HardenedHTTP, UnsafeResponse, system_ca_path
 from hyperv_exporter.host.transport.settings import WinRMSettings
 from hyperv_exporter.host.transport.winrs import WSMAN_INVALID_SELECTORS, Exchange, classify, return_leg_bound
 
@@ -102,11 +104,14 @@ class _HardenedTransportHTTP(_TransportHTTP):
         session = cast(requests.Session, self.session)
         limit = timeout if timeout is not None else (self.connection_timeout, self.read_timeout)
         asked = time.time()
+        # A redirect never comes back here: the hardened adapter refuses it (RedirectRefused, reason
+        # "redirect") before pypsrp or an auth hook could follow it with the credentials.
         response = self.http.send(lambda: session.send(request, timeout=limit, allow_redirects=False))
         self.last_wire = (asked, time.time())
-        if 300 <= response.status_code < 400:
-            # WinRM never redirects; following one would hand the credentials to another host.
-            raise UnsafeResponse(f"the listener answered with a redirect (HTTP {response.status_code})")
+        if self.wrap_required and self.encryption is None and 200 <= response.status_code < 300:
+            # The request that sets up message encryption: pypsrp then needs the negotiated context.
+            contexts = getattr(session.auth, "contexts", None)
+            self.http.check_negotiated(response, contexts is None or get_hostname(self.endpoint) in contexts)
         self.http.check_encrypted(response, self.encryption is not None)
         content_type = response.headers.get("content-type", "")
         if content_type.startswith(("multipart/encrypted;", "multipart/x-multi-encrypted;")):
@@ -161,7 +166,8 @@ def classify_psrp(exc: BaseException) -> ProbeError:
             return ProbeError("access_denied", f"WS-Management fault 5: {reason} ({ACCESS_DENIED_HINT})")
         return ProbeError("winrm_fault", f"WS-Management fault {exc.code}: {reason}")
     if isinstance(exc, WinRMTransportError):
-        return ProbeError("winrm_fault", f"HTTP {exc.code} from the WinRM listener")
+        body = excerpt(exc.response_text) if exc.response_text else "empty body"
+        return ProbeError("winrm_fault", f"HTTP {exc.code} from the WinRM listener: {body}")
     if isinstance(exc, InvalidPSRPOperation):  # e.g. a Broken runspace pool state
         return ProbeError("winrm_fault", f"PSRP: {' '.join(str(exc).split())[:300]}")
     if isinstance(exc, WinRMError):
@@ -314,6 +320,11 @@ class PSRPSession:
         if self._pool is not None:
             return self._pool, False
         if self._opening is None:
+            # The host's name first, in this probe and within its deadline: a lookup that hangs is
+            # reason "dns" at the deadline, as on winrs, rather than an opening that goes on in the
+            # background and a "timeout". The lookup itself is shared (one per name at a time).
+            url = urlsplit(self.url)
+            RESOLVER.resolve(url.hostname or "", url.port or (443 if url.scheme == "https" else 80), deadline)
             pool = _Pool(self._make_wsman(), configuration_name=self.settings.configuration_name)
             # The opening may outlive the probe that started it (a host starting wsmprovhost.exe and
             # importing the Hyper-V module can take longer than a scrape timeout): the next probe

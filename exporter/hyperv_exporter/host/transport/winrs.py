@@ -34,10 +34,13 @@ from winrm.protocol import Protocol
 
 from hyperv_exporter import logutil
 from hyperv_exporter.host.script import SCRIPT_ENV, probe_command
-from hyperv_exporter.host.transport.errors import ACCESS_DENIED_HINT, WSMAN_ACCESS_DENIED, ProbeError
+from hyperv_exporter.host.transport.errors import ACCESS_DENIED_HINT, WSMAN_ACCESS_DENIED, ProbeError, excerpt
 from hyperv_exporter.host.transport.http import (
+    AuthenticationSkipped,
     DeadlineExceeded,
     HardenedTransport,
+    NameLookupError,
+    RedirectRefused,
     ResponseTooLarge,
     UnsafeResponse,
     system_ca_path,
@@ -155,6 +158,12 @@ def classify(exc: BaseException) -> ProbeError:
         return ProbeError("timeout", "the host did not answer before the probe deadline")
     if isinstance(exc, UnsafeResponse):
         return ProbeError("winrm_fault", f"refused the host's answer: {exc}")
+    if isinstance(exc, RedirectRefused):
+        return ProbeError("redirect", str(exc))
+    if isinstance(exc, NameLookupError):
+        return ProbeError("dns", str(exc))
+    if isinstance(exc, AuthenticationSkipped):
+        return ProbeError("auth", str(exc))
     if isinstance(exc, InvalidCredentialsError):
         return ProbeError("auth", "the host rejected the credentials (HTTP 401)")
     if isinstance(exc, PermissionError) and "NTLM" in str(exc):
@@ -171,7 +180,8 @@ def classify(exc: BaseException) -> ProbeError:
     if isinstance(exc, WSManFaultError):
         return ProbeError("winrm_fault", f"WS-Management fault {exc.wsman_fault_code or exc.code}: {exc.reason}")
     if isinstance(exc, WinRMTransportError):
-        return ProbeError("winrm_fault", f"HTTP {exc.code} from the WinRM listener")
+        body = excerpt(exc.response_text) if exc.response_text else "empty body"
+        return ProbeError("winrm_fault", f"HTTP {exc.code} from the WinRM listener: {body}")
     if type(exc) is WinRMError:  # pywinrm's own checks; their messages name no secret
         return ProbeError("winrm_fault", f"pywinrm: {_short(exc)}")
     if isinstance(exc, WinRMError | ET.ParseError | StopIteration | AssertionError | ValueError | KeyError):
@@ -291,9 +301,17 @@ class WinRMSession:
         else:
             protocol.transport.close_session()
 
-    def close(self) -> None:
-        with self.lock:
+    def close(self, wait: float = 2.0) -> None:
+        """Delete the shell in the background; gives up after ``wait`` seconds if a run holds the
+        session (the host then ends the shell at its idle timeout): shutdown must not wait for a
+        run that is stuck."""
+        if not self.lock.acquire(timeout=wait):
+            log.debug("WinRM session busy; not deleting its shell", extra=logutil.fields(url=self.url))
+            return
+        try:
             self._drop_shell(graceful=True)
+        finally:
+            self.lock.release()
 
     def _shell(self, deadline: float) -> tuple[_CountingProtocol, str, bool]:
         now = time.monotonic()
