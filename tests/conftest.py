@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 import shutil
 import ssl
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import settings
@@ -162,6 +163,20 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     return Pki(tmp_path_factory.mktemp("pki"))
 
 
+def https_winrm(
+    pki: Pki, transport: str = "basic", ca: str | None = "ca", extra: str = "", protocol: str = "winrs"
+) -> str:
+    """A module's ``winrm:`` block for HTTPS with the test PKI (``ca``: the ca_file's certificate, or none)."""
+    lines = [f"      protocol: {protocol}", "      scheme: https", f"      transport: {transport}"]
+    if ca is not None:
+        lines.append(f"      ca_file: {pki[ca].cert}")
+    if transport == "certificate":
+        lines += [f"      client_cert_file: {pki.client.cert}", f"      client_key_file: {pki.client.key}"]
+    else:
+        lines += ["      username: monitor", "      password_file: {password_file}"]
+    return "\n".join(lines) + extra
+
+
 class ConfigurableStack(Stack):
     """Like :class:`Stack`, with the WinRM block, module keys, TLS and the simulator's options chosen by the test.
 
@@ -198,3 +213,28 @@ class ConfigurableStack(Stack):
             allow_unencrypted=allow_unencrypted,
             password=password,
         )
+
+    def debug(self, target: str, module: str = "default") -> str:
+        """The probe's debug output (its log and the exposition), for assertion messages."""
+        return self.get(f"/probe?module={module}&target={target}&debug=true")[1]
+
+
+StackFactory = Callable[..., ConfigurableStack]
+
+
+@pytest.fixture
+def make_stack(tmp_path: Path) -> Iterator[StackFactory]:
+    """Starts :class:`ConfigurableStack` s (keyword arguments as its own), each in a directory of its
+    own, and stops them all after the test."""
+    started: list[ConfigurableStack] = []
+
+    def make(**kwargs: Any) -> ConfigurableStack:
+        directory = tmp_path / f"stack{len(started)}"
+        directory.mkdir()
+        stack = ConfigurableStack(directory, **kwargs)
+        started.append(stack)
+        return stack
+
+    yield make
+    for stack in started:
+        stack.stop()

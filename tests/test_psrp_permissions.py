@@ -5,15 +5,12 @@ endpoint for its role group in no-language mode. Real pypsrp and pywinrm over HT
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from pathlib import Path
 
-import pytest
 from pypsrp.complex_objects import PSInvocationState
 from pypsrp.powershell import PowerShell, RunspacePool
 from pypsrp.wsman import WSMan
 
-from conftest import ConfigurableStack, sample
+from conftest import ConfigurableStack, StackFactory, sample
 from hyperv_exporter.host.cli import Running
 from hyperv_exporter.sim.accounts import (
     HYPERV_ADMINISTRATORS,
@@ -36,31 +33,16 @@ JEA = PSRP + "\n      configuration_name: HyperVExporter"
 WINRS = PSRP.replace("protocol: psrp", "protocol: winrs")
 
 
-@pytest.fixture
-def stacks() -> Iterator[list[ConfigurableStack]]:
-    started: list[ConfigurableStack] = []
-    yield started
-    for stack in started:
-        stack.stop()
-
-
-def make(stacks: list[ConfigurableStack], tmp_path: Path, winrm: str, access: HostAccounts) -> ConfigurableStack:
-    directory = tmp_path / f"stack{len(stacks)}"
-    directory.mkdir()
-    stack = ConfigurableStack(directory, winrm=winrm)
-    stacks.append(stack)
+def make(make_stack: StackFactory, winrm: str, access: HostAccounts) -> ConfigurableStack:
+    stack = make_stack(winrm=winrm)
     for host in stack.fleet.hosts:
         host.set(access=access)
     return stack
 
 
-def debug(stack: ConfigurableStack) -> str:
-    return stack.get(f"/probe?module=default&target={TARGET}&debug=true")[1]
-
-
 def collector_success(stack: ConfigurableStack) -> dict[str, float | None]:
     samples = stack.probe(TARGET)
-    assert sample(samples, "hyperv_up") == 1.0, debug(stack)
+    assert sample(samples, "hyperv_up") == 1.0, stack.debug(TARGET)
     names = ("host", "vm", "integration_services", "kvp", "resources", "replication", "checkpoints")
     return {name: sample(samples, "hyperv_collector_success", collector=name) for name in names}
 
@@ -75,12 +57,10 @@ def pool(stack: ConfigurableStack, configuration: str) -> RunspacePool:
 # -- WinRS: administrators only ---------------------------------------------------------------------
 
 
-def test_winrs_with_the_least_privilege_account_is_access_denied(
-    stacks: list[ConfigurableStack], tmp_path: Path
-) -> None:
-    stack = make(stacks, tmp_path, WINRS, least_privilege("monitor"))
+def test_winrs_with_the_least_privilege_account_is_access_denied(make_stack: StackFactory) -> None:
+    stack = make(make_stack, WINRS, least_privilege("monitor"))
     assert sample(stack.probe(TARGET), "hyperv_up") == 0.0
-    text = debug(stack)
+    text = stack.debug(TARGET)
     assert "failed (access_denied)" in text and "Access is denied" in text and "protocol: psrp" in text, text
     _, metrics = stack.get("/metrics")
     assert f'hyperv_exporter_probe_errors_total{{module="default",reason="access_denied",target="{TARGET}"}}' in metrics
@@ -88,31 +68,27 @@ def test_winrs_with_the_least_privilege_account_is_access_denied(
     assert endpoint.stats["access_denied"] >= 1 and endpoint.shell_count == 0
 
 
-def test_winrs_remote_management_users_are_not_enough(stacks: list[ConfigurableStack], tmp_path: Path) -> None:
+def test_winrs_remote_management_users_are_not_enough(make_stack: StackFactory) -> None:
     access = HostAccounts({"monitor": Identity(frozenset({REMOTE_MANAGEMENT_USERS, HYPERV_ADMINISTRATORS}))})
-    stack = make(stacks, tmp_path, WINRS, access)
-    assert "failed (access_denied)" in debug(stack)
+    stack = make(make_stack, WINRS, access)
+    assert "failed (access_denied)" in stack.debug(TARGET)
 
 
 # -- microsoft.powershell: Remote Management Users, the user's own rights ---------------------------
 
 
-def test_a_non_admin_on_the_plain_endpoint_gets_clear_section_errors(
-    stacks: list[ConfigurableStack], tmp_path: Path
-) -> None:
-    stack = make(stacks, tmp_path, PSRP, HostAccounts({"monitor": Identity(frozenset({REMOTE_MANAGEMENT_USERS}))}))
+def test_a_non_admin_on_the_plain_endpoint_gets_clear_section_errors(make_stack: StackFactory) -> None:
+    stack = make(make_stack, PSRP, HostAccounts({"monitor": Identity(frozenset({REMOTE_MANAGEMENT_USERS}))}))
     success = collector_success(stack)
     # WMI (host, kvp) refused without Remote Enable; Get-VM refused outside Hyper-V Administrators.
     assert success["host"] == success["vm"] == success["kvp"] == 0.0, success
-    text = debug(stack)
+    text = stack.debug(TARGET)
     assert "Access denied" in text and "You do not have the required permission" in text, text
 
 
-def test_hyperv_administrators_still_need_remote_enable_for_root_cimv2(
-    stacks: list[ConfigurableStack], tmp_path: Path
-) -> None:
+def test_hyperv_administrators_still_need_remote_enable_for_root_cimv2(make_stack: StackFactory) -> None:
     groups = frozenset({REMOTE_MANAGEMENT_USERS, HYPERV_ADMINISTRATORS})
-    stack = make(stacks, tmp_path, PSRP, HostAccounts({"monitor": Identity(groups)}))
+    stack = make(make_stack, PSRP, HostAccounts({"monitor": Identity(groups)}))
     success = collector_success(stack)
     assert success["host"] == 0.0 and success["vm"] == success["kvp"] == 1.0, success
     for host in stack.fleet.hosts:
@@ -120,31 +96,29 @@ def test_hyperv_administrators_still_need_remote_enable_for_root_cimv2(
     assert set(collector_success(stack).values()) == {1.0}
 
 
-def test_an_account_in_no_remoting_group_is_access_denied(stacks: list[ConfigurableStack], tmp_path: Path) -> None:
-    stack = make(stacks, tmp_path, PSRP, HostAccounts({"monitor": Identity(frozenset({HYPERV_ADMINISTRATORS}))}))
-    assert "failed (access_denied)" in debug(stack)
+def test_an_account_in_no_remoting_group_is_access_denied(make_stack: StackFactory) -> None:
+    stack = make(make_stack, PSRP, HostAccounts({"monitor": Identity(frozenset({HYPERV_ADMINISTRATORS}))}))
+    assert "failed (access_denied)" in stack.debug(TARGET)
 
 
 # -- the JEA endpoint: its role group, no language, one command --------------------------------------
 
 
-def test_jea_with_the_least_privilege_account_collects_everything(
-    stacks: list[ConfigurableStack], tmp_path: Path
-) -> None:
-    stack = make(stacks, tmp_path, JEA, least_privilege("monitor"))
+def test_jea_with_the_least_privilege_account_collects_everything(make_stack: StackFactory) -> None:
+    stack = make(make_stack, JEA, least_privilege("monitor"))
     assert set(collector_success(stack).values()) == {1.0}
     assert stack.sim.endpoint(TARGET).pools_opened == 1
 
 
-def test_jea_admits_only_its_role_group(stacks: list[ConfigurableStack], tmp_path: Path) -> None:
+def test_jea_admits_only_its_role_group(make_stack: StackFactory) -> None:
     access = HostAccounts({"monitor": Identity(frozenset({REMOTE_MANAGEMENT_USERS, HYPERV_ADMINISTRATORS}))})
-    stack = make(stacks, tmp_path, JEA, access)
-    text = debug(stack)
+    stack = make(make_stack, JEA, access)
+    text = stack.debug(TARGET)
     assert "failed (access_denied)" in text, text
 
 
-def test_jea_refuses_script_text_and_runs_only_its_command(stacks: list[ConfigurableStack], tmp_path: Path) -> None:
-    stack = make(stacks, tmp_path, JEA, least_privilege("monitor"))
+def test_jea_refuses_script_text_and_runs_only_its_command(make_stack: StackFactory) -> None:
+    stack = make(make_stack, JEA, least_privilege("monitor"))
     with pool(stack, "HyperVExporter") as runspace:
         script = PowerShell(runspace)
         script.add_script("Get-VM | ConvertTo-Json")

@@ -5,12 +5,10 @@ probes and reopened when the host drops it, the deadline while opening, the resp
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from conftest import ConfigurableStack, sample
+from conftest import ConfigurableStack, StackFactory, https_winrm, sample
 from hyperv_exporter.sim.wsman import Fault
 from hyperv_exporter.sim.wsman_psrp import PoolInfo
 from pki import Pki
@@ -34,42 +32,8 @@ PSRP_NTLM_HTTP = """      protocol: psrp
       password_file: {password_file}"""
 
 
-def https_psrp(pki: Pki, transport: str, ca: str = "ca") -> str:
-    lines = [
-        "      protocol: psrp",
-        "      scheme: https",
-        f"      transport: {transport}",
-        f"      ca_file: {pki[ca].cert}",
-    ]
-    if transport == "certificate":
-        lines += [f"      client_cert_file: {pki.client.cert}", f"      client_key_file: {pki.client.key}"]
-    else:
-        lines += ["      username: monitor", "      password_file: {password_file}"]
-    return "\n".join(lines)
-
-
-@pytest.fixture
-def stacks() -> Iterator[list[ConfigurableStack]]:
-    started: list[ConfigurableStack] = []
-    yield started
-    for stack in started:
-        stack.stop()
-
-
-def make(stacks: list[ConfigurableStack], tmp_path: Path, **kwargs: object) -> ConfigurableStack:
-    directory = tmp_path / f"stack{len(stacks)}"
-    directory.mkdir()
-    stack = ConfigurableStack(directory, **kwargs)  # type: ignore[arg-type]
-    stacks.append(stack)
-    return stack
-
-
-def debug(stack: ConfigurableStack, target: str = TARGET) -> str:
-    return stack.get(f"/probe?module=default&target={target}&debug=true")[1]
-
-
 def assert_complete(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], stack: ConfigurableStack) -> None:
-    assert sample(samples, "hyperv_up") == 1.0, debug(stack)
+    assert sample(samples, "hyperv_up") == 1.0, stack.debug(TARGET)
     for collector in COLLECTORS:
         assert sample(samples, "hyperv_collector_success", collector=collector) == 1.0, collector
 
@@ -82,13 +46,9 @@ def requests_of(stack: ConfigurableStack) -> int:
 
 
 @pytest.mark.parametrize("transport", ["basic", "ntlm", "certificate"])
-def test_every_auth_transport_over_https(
-    stacks: list[ConfigurableStack], tmp_path: Path, pki: Pki, transport: str
-) -> None:
-    stack = make(
-        stacks,
-        tmp_path,
-        winrm=https_psrp(pki, transport),
+def test_every_auth_transport_over_https(make_stack: StackFactory, pki: Pki, transport: str) -> None:
+    stack = make_stack(
+        winrm=https_winrm(pki, transport, protocol="psrp"),
         ssl_context=pki.server_context(client_ca=pki.ca),
         allow_unencrypted=False,
     )
@@ -98,21 +58,21 @@ def test_every_auth_transport_over_https(
     assert endpoint.stats["encrypted_requests"] == 0  # TLS protects the messages; no SPNEGO sealing on top
 
 
-def test_ntlm_message_encryption_over_http(stacks: list[ConfigurableStack], tmp_path: Path) -> None:
+def test_ntlm_message_encryption_over_http(make_stack: StackFactory) -> None:
     # allow_unencrypted=False: the listener refuses plaintext SOAP, as a default Windows listener does.
-    stack = make(stacks, tmp_path, winrm=PSRP_NTLM_HTTP, allow_unencrypted=False)
+    stack = make_stack(winrm=PSRP_NTLM_HTTP, allow_unencrypted=False)
     assert_complete(stack.probe(TARGET), stack)
     stats = stack.sim.endpoint(TARGET).stats
     # Everything after the NTLM handshake (401, challenge, the empty POST that sets up the context) is sealed.
     assert stats["encrypted_requests"] == stats["requests"] - 3 >= 4
 
 
-def test_a_plaintext_answer_on_an_encrypted_session_is_refused(stacks: list[ConfigurableStack], tmp_path: Path) -> None:
-    stack = make(stacks, tmp_path, winrm=PSRP_NTLM_HTTP)
+def test_a_plaintext_answer_on_an_encrypted_session_is_refused(make_stack: StackFactory) -> None:
+    stack = make_stack(winrm=PSRP_NTLM_HTTP)
     assert sample(stack.probe(TARGET), "hyperv_up") == 1.0
     stack.sim.endpoint(TARGET).fault = Fault("plaintext")
     assert sample(stack.probe(TARGET), "hyperv_up") == 0.0
-    text = debug(stack)
+    text = stack.debug(TARGET)
     assert "failed (winrm_fault)" in text and "plaintext" in text, text
 
 
@@ -122,27 +82,29 @@ def test_a_plaintext_answer_on_an_encrypted_session_is_refused(stacks: list[Conf
     ids=["wrong_ca", "expired"],
 )
 def test_certificate_problems_are_tls_errors(
-    stacks: list[ConfigurableStack], tmp_path: Path, pki: Pki, server_cert: str, ca: str, message: str
+    make_stack: StackFactory, pki: Pki, server_cert: str, ca: str, message: str
 ) -> None:
-    stack = make(stacks, tmp_path, winrm=https_psrp(pki, "basic", ca), ssl_context=pki.server_context(pki[server_cert]))
+    stack = make_stack(
+        winrm=https_winrm(pki, "basic", ca, protocol="psrp"), ssl_context=pki.server_context(pki[server_cert])
+    )
     assert sample(stack.probe(TARGET), "hyperv_up") == 0.0
-    text = debug(stack)
+    text = stack.debug(TARGET)
     assert "failed (tls)" in text and message in text, text
     assert requests_of(stack) == 0  # nothing was sent, credentials included
 
 
-def test_wrong_password_is_an_auth_error(stacks: list[ConfigurableStack], tmp_path: Path) -> None:
-    stack = make(stacks, tmp_path, winrm=PSRP_NTLM_HTTP)
+def test_wrong_password_is_an_auth_error(make_stack: StackFactory) -> None:
+    stack = make_stack(winrm=PSRP_NTLM_HTTP)
     stack.fleet.host(TARGET).set(password="another-password")
     assert sample(stack.probe(TARGET), "hyperv_up") == 0.0
-    assert "failed (auth)" in debug(stack)
+    assert "failed (auth)" in stack.debug(TARGET)
 
 
 # -- the kept runspace pool -------------------------------------------------------------------------
 
 
-def test_the_pool_is_kept_and_a_probe_is_one_pipeline(stacks: list[ConfigurableStack], tmp_path: Path) -> None:
-    stack = make(stacks, tmp_path, winrm=PSRP_BASIC_HTTP)
+def test_the_pool_is_kept_and_a_probe_is_one_pipeline(make_stack: StackFactory) -> None:
+    stack = make_stack(winrm=PSRP_BASIC_HTTP)
     endpoint = stack.sim.endpoint(TARGET)
     assert_complete(stack.probe(TARGET), stack)
     first = requests_of(stack)
@@ -157,10 +119,8 @@ def test_the_pool_is_kept_and_a_probe_is_one_pipeline(stacks: list[ConfigurableS
 
 
 @pytest.mark.parametrize("drop", ["idle_timeout", "service_restart"])
-def test_the_pool_is_reopened_when_the_host_drops_it(
-    stacks: list[ConfigurableStack], tmp_path: Path, drop: str
-) -> None:
-    stack = make(stacks, tmp_path, winrm=PSRP_BASIC_HTTP)
+def test_the_pool_is_reopened_when_the_host_drops_it(make_stack: StackFactory, drop: str) -> None:
+    stack = make_stack(winrm=PSRP_BASIC_HTTP)
     endpoint = stack.sim.endpoint(TARGET)
     assert_complete(stack.probe(TARGET), stack)
     if drop == "idle_timeout":
@@ -172,23 +132,21 @@ def test_the_pool_is_reopened_when_the_host_drops_it(
     assert endpoint.pools_opened == 2 and endpoint.pool_count == 1
 
 
-def test_a_broken_connection_drops_the_pool_and_the_next_probe_reopens_it(
-    stacks: list[ConfigurableStack], tmp_path: Path
-) -> None:
-    stack = make(stacks, tmp_path, winrm=PSRP_BASIC_HTTP)
+def test_a_broken_connection_drops_the_pool_and_the_next_probe_reopens_it(make_stack: StackFactory) -> None:
+    stack = make_stack(winrm=PSRP_BASIC_HTTP)
     endpoint = stack.sim.endpoint(TARGET)
     assert_complete(stack.probe(TARGET), stack)
     endpoint.fault = Fault("reset", times=1)
-    text = debug(stack)
+    text = stack.debug(TARGET)
     assert "failed (connection)" in text, text
     assert_complete(stack.probe(TARGET), stack)
     assert endpoint.pools_opened == 2
 
 
-def test_a_deadline_that_expires_while_opening_the_pool(stacks: list[ConfigurableStack], tmp_path: Path) -> None:
+def test_a_deadline_that_expires_while_opening_the_pool(make_stack: StackFactory) -> None:
     """The probe answers timeout by its deadline; the opening goes on (bounded) and the next probe uses
     that pool instead of starting over, so a host slower to open a pool than a scrape timeout converges."""
-    stack = make(stacks, tmp_path, winrm=PSRP_BASIC_HTTP, module="    cache_ttl: 0s\n    timeout: 1s")
+    stack = make_stack(winrm=PSRP_BASIC_HTTP, module="    cache_ttl: 0s\n    timeout: 1s")
     endpoint = stack.sim.endpoint(TARGET)
     psrp = endpoint.service.psrp
     assert psrp is not None
@@ -199,7 +157,7 @@ def test_a_deadline_that_expires_while_opening_the_pool(stacks: list[Configurabl
 
     psrp.pool_opened = slow_start
     try:
-        text = debug(stack)
+        text = stack.debug(TARGET)
         assert "failed (timeout)" in text and "opening the runspace pool" in text, text
     finally:
         release.set()
@@ -207,11 +165,11 @@ def test_a_deadline_that_expires_while_opening_the_pool(stacks: list[Configurabl
     assert endpoint.pools_opened == 1 and endpoint.pool_count == 1
 
 
-def test_a_hanging_host_is_a_timeout(stacks: list[ConfigurableStack], tmp_path: Path) -> None:
-    stack = make(stacks, tmp_path, winrm=PSRP_BASIC_HTTP, module="    cache_ttl: 0s\n    timeout: 1s")
+def test_a_hanging_host_is_a_timeout(make_stack: StackFactory) -> None:
+    stack = make_stack(winrm=PSRP_BASIC_HTTP, module="    cache_ttl: 0s\n    timeout: 1s")
     assert sample(stack.probe(TARGET), "hyperv_up") == 1.0
     stack.sim.endpoint(TARGET).fault = Fault("hang")
-    text = debug(stack)
+    text = stack.debug(TARGET)
     stack.sim.endpoint(TARGET).fault = None
     assert "failed (timeout)" in text, text
 
@@ -219,26 +177,26 @@ def test_a_hanging_host_is_a_timeout(stacks: list[ConfigurableStack], tmp_path: 
 # -- caps -------------------------------------------------------------------------------------------
 
 
-def test_a_huge_http_response_is_cut_at_the_response_cap(stacks: list[ConfigurableStack], tmp_path: Path) -> None:
-    stack = make(stacks, tmp_path, winrm=PSRP_BASIC_HTTP)
+def test_a_huge_http_response_is_cut_at_the_response_cap(make_stack: StackFactory) -> None:
+    stack = make_stack(winrm=PSRP_BASIC_HTTP)
     stack.sim.endpoint(TARGET).fault = Fault("huge_body", size=32 * 1024 * 1024)
     assert sample(stack.probe(TARGET), "hyperv_up") == 0.0
-    text = debug(stack)
+    text = stack.debug(TARGET)
     assert "failed (output_too_large)" in text and "exceeds 4194304 bytes" in text, text
 
 
-def test_the_output_cap_stops_the_pipeline(stacks: list[ConfigurableStack], tmp_path: Path) -> None:
-    stack = make(stacks, tmp_path, winrm=PSRP_BASIC_HTTP.replace("max_output_bytes: 8MiB", "max_output_bytes: 1KiB"))
-    text = debug(stack)
+def test_the_output_cap_stops_the_pipeline(make_stack: StackFactory) -> None:
+    stack = make_stack(winrm=PSRP_BASIC_HTTP.replace("max_output_bytes: 8MiB", "max_output_bytes: 1KiB"))
+    text = stack.debug(TARGET)
     assert "failed (output_too_large)" in text, text
     endpoint = stack.sim.endpoint(TARGET)
     assert endpoint.command_count == 0 and endpoint.pool_count == 1  # pipeline ended; the pool stays
 
 
-def test_an_unknown_endpoint_is_a_winrm_fault(stacks: list[ConfigurableStack], tmp_path: Path) -> None:
-    stack = make(stacks, tmp_path, winrm=PSRP_BASIC_HTTP + "\n      configuration_name: NoSuchEndpoint")
+def test_an_unknown_endpoint_is_a_winrm_fault(make_stack: StackFactory) -> None:
+    stack = make_stack(winrm=PSRP_BASIC_HTTP + "\n      configuration_name: NoSuchEndpoint")
     assert sample(stack.probe(TARGET), "hyperv_up") == 0.0
-    text = debug(stack)
+    text = stack.debug(TARGET)
     assert "failed (winrm_fault)" in text and "Cannot find the NoSuchEndpoint session configuration" in text, text
 
 
@@ -303,7 +261,7 @@ def test_a_redirect_is_never_followed() -> None:
 
 
 def test_without_ca_file_the_system_trust_store_is_used_and_requests_ca_bundle_is_not(
-    stacks: list[ConfigurableStack], tmp_path: Path, pki: Pki, monkeypatch: pytest.MonkeyPatch
+    make_stack: StackFactory, pki: Pki, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from hyperv_exporter.host.transport import http
 
@@ -311,8 +269,8 @@ def test_without_ca_file_the_system_trust_store_is_used_and_requests_ca_bundle_i
     monkeypatch.setenv("SSL_CERT_FILE", str(pki.ca.cert))  # how OpenSSL locates the system store
     http.system_ca_path.cache_clear()
     try:
-        winrm = "\n".join(line for line in https_psrp(pki, "basic").splitlines() if "ca_file" not in line)
-        stack = make(stacks, tmp_path, winrm=winrm, ssl_context=pki.server_context())
+        winrm = https_winrm(pki, "basic", ca=None, protocol="psrp")
+        stack = make_stack(winrm=winrm, ssl_context=pki.server_context())
         assert_complete(stack.probe(TARGET), stack)
     finally:
         http.system_ca_path.cache_clear()

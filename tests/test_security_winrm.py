@@ -4,13 +4,12 @@ certificates, Basic only where allowed, the system trust store, and the hardened
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import requests
 
-from conftest import ConfigurableStack, sample
+from conftest import StackFactory, https_winrm, sample
 from hyperv_exporter.host.config import ConfigError, parse_config
 from hyperv_exporter.host.transport import http as winrm_transport
 from hyperv_exporter.host.transport.errors import ProbeError
@@ -23,53 +22,18 @@ from pki import Pki
 TARGET = "HV-LONDON-01"
 
 
-def https_winrm(pki: Pki, transport: str = "basic", ca: str | None = "ca", extra: str = "") -> str:
-    lines = ["      protocol: winrs", "      scheme: https", f"      transport: {transport}"]
-    if ca is not None:
-        lines.append(f"      ca_file: {pki[ca].cert}")
-    if transport == "certificate":
-        lines += [f"      client_cert_file: {pki.client.cert}", f"      client_key_file: {pki.client.key}"]
-    else:
-        lines += ["      username: monitor", "      password_file: {password_file}"]
-    return "\n".join(lines) + extra
-
-
-@pytest.fixture
-def stacks(tmp_path: Path) -> Iterator[list[ConfigurableStack]]:
-    started: list[ConfigurableStack] = []
-    yield started
-    for stack in started:
-        stack.stop()
-
-
-def make(stacks: list[ConfigurableStack], tmp_path: Path, **kwargs: object) -> ConfigurableStack:
-    directory = tmp_path / f"stack{len(stacks)}"
-    directory.mkdir()
-    stack = ConfigurableStack(directory, **kwargs)  # type: ignore[arg-type]
-    stacks.append(stack)
-    return stack
-
-
-def debug(stack: ConfigurableStack, target: str = TARGET) -> str:
-    return stack.get(f"/probe?module=default&target={target}&debug=true")[1]
-
-
 # -- HTTPS ------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("transport", ["basic", "ntlm", "certificate"])
-def test_https_with_a_validated_certificate(
-    stacks: list[ConfigurableStack], tmp_path: Path, pki: Pki, transport: str
-) -> None:
-    stack = make(
-        stacks,
-        tmp_path,
+def test_https_with_a_validated_certificate(make_stack: StackFactory, pki: Pki, transport: str) -> None:
+    stack = make_stack(
         winrm=https_winrm(pki, transport),
         ssl_context=pki.server_context(client_ca=pki.ca),
         allow_unencrypted=False,
     )
     samples = stack.probe(TARGET)
-    assert sample(samples, "hyperv_up") == 1.0, debug(stack)
+    assert sample(samples, "hyperv_up") == 1.0, stack.debug(TARGET)
     endpoint = stack.sim.endpoint(TARGET)
     assert endpoint.stats["encrypted_requests"] == 0  # TLS protects the messages; no SPNEGO sealing on top
     shell = next(iter(endpoint.shells.values()))
@@ -86,11 +50,11 @@ def test_https_with_a_validated_certificate(
     ids=["wrong_ca", "expired", "not_in_system_store"],
 )
 def test_certificate_problems_are_tls_errors(
-    stacks: list[ConfigurableStack], tmp_path: Path, pki: Pki, server_cert: str, ca: str | None, message: str
+    make_stack: StackFactory, pki: Pki, server_cert: str, ca: str | None, message: str
 ) -> None:
-    stack = make(stacks, tmp_path, winrm=https_winrm(pki, ca=ca), ssl_context=pki.server_context(pki[server_cert]))
+    stack = make_stack(winrm=https_winrm(pki, ca=ca), ssl_context=pki.server_context(pki[server_cert]))
     assert sample(stack.probe(TARGET), "hyperv_up") == 0.0
-    text = debug(stack)
+    text = stack.debug(TARGET)
     assert "failed (tls)" in text and message in text, text
     _, metrics = stack.get("/metrics")
     assert f'hyperv_exporter_probe_errors_total{{module="default",reason="tls",target="{TARGET}"}}' in metrics
@@ -98,7 +62,7 @@ def test_certificate_problems_are_tls_errors(
 
 
 def test_without_ca_file_the_system_trust_store_is_used(
-    stacks: list[ConfigurableStack], tmp_path: Path, pki: Pki, monkeypatch: pytest.MonkeyPatch
+    make_stack: StackFactory, pki: Pki, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Not certifi: SSL_CERT_FILE (how OpenSSL locates the system store) decides what is trusted."""
     monkeypatch.setenv("SSL_CERT_FILE", str(pki.ca.cert))
@@ -106,19 +70,19 @@ def test_without_ca_file_the_system_trust_store_is_used(
     winrm_transport.system_ca_path.cache_clear()
     try:
         assert winrm_transport.system_ca_path() == str(pki.ca.cert)
-        stack = make(stacks, tmp_path, winrm=https_winrm(pki, ca=None), ssl_context=pki.server_context())
-        assert sample(stack.probe(TARGET), "hyperv_up") == 1.0, debug(stack)
+        stack = make_stack(winrm=https_winrm(pki, ca=None), ssl_context=pki.server_context())
+        assert sample(stack.probe(TARGET), "hyperv_up") == 1.0, stack.debug(TARGET)
     finally:
         winrm_transport.system_ca_path.cache_clear()
 
 
 def test_requests_ca_bundle_from_the_environment_is_ignored(
-    stacks: list[ConfigurableStack], tmp_path: Path, pki: Pki, monkeypatch: pytest.MonkeyPatch
+    make_stack: StackFactory, pki: Pki, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(pki.ca.cert))  # pywinrm's "legacy_requests" would use it
-    stack = make(stacks, tmp_path, winrm=https_winrm(pki, ca="other_ca"), ssl_context=pki.server_context())
+    stack = make_stack(winrm=https_winrm(pki, ca="other_ca"), ssl_context=pki.server_context())
     assert sample(stack.probe(TARGET), "hyperv_up") == 0.0
-    assert "failed (tls)" in debug(stack)
+    assert "failed (tls)" in stack.debug(TARGET)
 
 
 # -- NTLM and message encryption over HTTP ----------------------------------------------------------
@@ -130,40 +94,38 @@ NTLM_HTTP = """      protocol: winrs
       password_file: {password_file}"""
 
 
-def test_ntlm_over_http_encrypts_every_message(stacks: list[ConfigurableStack], tmp_path: Path) -> None:
+def test_ntlm_over_http_encrypts_every_message(make_stack: StackFactory) -> None:
     """The simulator runs pyspnego's NTLM acceptor and refuses plaintext, as a default Windows listener."""
-    stack = make(stacks, tmp_path, winrm=NTLM_HTTP, allow_unencrypted=False)
+    stack = make_stack(winrm=NTLM_HTTP, allow_unencrypted=False)
     for _ in range(2):
-        assert sample(stack.probe(TARGET), "hyperv_up") == 1.0, debug(stack)
+        assert sample(stack.probe(TARGET), "hyperv_up") == 1.0, stack.debug(TARGET)
     stats = stack.sim.endpoint(TARGET).stats.snapshot()
     # Create + 2 x (Command, Receive, Signal), every one sealed; plus the handshakes (401s).
     assert stats["encrypted_requests"] == 7 and stats["command"] == 2
     assert stats["auth_failures"] == 1  # the first, unauthenticated request; then the NTLM handshake
 
 
-def test_ntlm_wrong_password_is_an_auth_error(stacks: list[ConfigurableStack], tmp_path: Path) -> None:
-    stack = make(stacks, tmp_path, winrm=NTLM_HTTP, allow_unencrypted=False)
+def test_ntlm_wrong_password_is_an_auth_error(make_stack: StackFactory) -> None:
+    stack = make_stack(winrm=NTLM_HTTP, allow_unencrypted=False)
     stack.fleet.host(TARGET).set(password="Another-Pa55word")
     assert sample(stack.probe(TARGET), "hyperv_up") == 0.0
-    assert "failed (auth)" in debug(stack)
+    assert "failed (auth)" in stack.debug(TARGET)
 
 
-def test_plaintext_to_a_listener_that_requires_encryption_is_refused(
-    stacks: list[ConfigurableStack], tmp_path: Path
-) -> None:
+def test_plaintext_to_a_listener_that_requires_encryption_is_refused(make_stack: StackFactory) -> None:
     winrm = NTLM_HTTP + "\n      message_encryption: never\n      allow_unencrypted: true"
-    stack = make(stacks, tmp_path, winrm=winrm, allow_unencrypted=False)
+    stack = make_stack(winrm=winrm, allow_unencrypted=False)
     assert sample(stack.probe(TARGET), "hyperv_up") == 0.0
-    assert "failed (auth)" in debug(stack)
+    assert "failed (auth)" in stack.debug(TARGET)
 
 
-def test_a_plaintext_answer_on_an_encrypted_session_is_refused(stacks: list[ConfigurableStack], tmp_path: Path) -> None:
+def test_a_plaintext_answer_on_an_encrypted_session_is_refused(make_stack: StackFactory) -> None:
     """pywinrm would take it as the answer; an attacker on the path could forge host data that way."""
-    stack = make(stacks, tmp_path, winrm=NTLM_HTTP)
+    stack = make_stack(winrm=NTLM_HTTP)
     assert sample(stack.probe(TARGET), "hyperv_up") == 1.0
     stack.sim.endpoint(TARGET).fault = Fault("plaintext")
     assert sample(stack.probe(TARGET), "hyperv_up") == 0.0
-    text = debug(stack)
+    text = stack.debug(TARGET)
     assert "failed (winrm_fault)" in text and "plaintext although message encryption is on" in text
 
 
