@@ -3,17 +3,21 @@
 - cimxml: an item in Hyper-V's canonical single-line layout is read with a regular expression; any
   other text goes through defusedxml. For every input the two must agree, value or refusal.
 - sim.ps51json: strings are escaped with str.replace passes instead of a loop per character.
+- report.load_json: msgspec reads the document's bytes; what it refuses goes to json.loads. For
+  every input the result (value, or error message) must be json.loads's.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import random
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hyperv_exporter.host import cimxml
+from hyperv_exporter.host import cimxml, report
 from hyperv_exporter.host.collectors import COLLECTORS, sections_for
 from hyperv_exporter.sim import ps51json
 from hyperv_exporter.sim.fleet import kvp_item
@@ -116,3 +120,86 @@ def test_ps51json_document_of_a_generated_host_is_unchanged() -> None:
         assert ps51json.dumps(doc) == fast
     finally:
         ps51json._string = original
+
+
+# -- report.load_json: msgspec, with json.loads for whatever msgspec refuses ---------------------------
+def _json_outcome(load: object, document: str | bytes) -> object:
+    try:
+        value = load(document)  # type: ignore[operator]
+    except (ValueError, RecursionError) as exc:
+        return ("error", type(exc).__name__, getattr(exc, "msg", str(exc)))
+    return ("value", _tagged(value))
+
+
+def _tagged(value: object) -> object:
+    """A comparable form that tells int from float from bool, -0.0 from 0.0, and NaN from NaN's absence."""
+    if isinstance(value, dict):
+        return ("dict", [(k, _tagged(v)) for k, v in value.items()])  # key order too
+    if isinstance(value, list):
+        return ("list", [_tagged(v) for v in value])
+    if isinstance(value, float):
+        return ("float", "nan" if math.isnan(value) else value.hex())
+    return (type(value).__name__, value)
+
+
+def _reference(document: str | bytes) -> object:
+    """What parse_report did before: decode_output's text, then json.loads."""
+    return json.loads(document if isinstance(document, str) else report._text(document))
+
+
+def assert_same_json(document: str | bytes) -> None:
+    assert _json_outcome(report.load_json, document) == _json_outcome(_reference, document), repr(document)[:300]
+
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=5), children, max_size=4),
+    max_leaves=20,
+)
+# Spellings json.loads accepts or refuses that a serialiser would not write: numbers beyond int64 and
+# beyond a double, NaN and Infinity, lone surrogates (escaped and as UTF-8 bytes), escapes,
+# whitespace, duplicate keys, a BOM, invalid UTF-8 and Windows-1252 text, trailing garbage.
+JSON_PIECES = [
+    "18446744073709551616", "-9223372036854775809", "1e400", "-1e400", "1e-400", "2.4703282292062328e-324",
+    "NaN", "Infinity", "-Infinity", '"\\ud800"', '"\\udc00x"', '"\\ud83d\\ude00"', '"\\u003c\\u0026"',
+    '"\\/"', "-0", "-0.0", "0.1e1", "1E+2", "01", "1.", ".5", "[1,]", '{"a":1,"a":2}', '{"a":1,}', " \t\r\n",
+    '"\x7f\u00e9\u4e2d"', "true", "null", "[", "]", "{", "}", ",", ":", '"', "\x00",
+]  # fmt: skip
+_BYTE_PIECES = [b"\xef\xbb\xbf", b"\xed\xa0\x80", b"\xe9", b"\xff", b"\xc3\xa9", b"\x80"]
+
+
+@settings(max_examples=500, deadline=None)
+@given(_json_values)
+def test_load_json_equals_json_loads_on_serialised_documents(value: object) -> None:
+    for text in (json.dumps(value), json.dumps(value, ensure_ascii=False), json.dumps(value, indent=2)):
+        assert_same_json(text)
+        assert_same_json(text.encode("utf-8", errors="surrogatepass"))
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.lists(st.sampled_from(JSON_PIECES) | st.sampled_from(["[", "]", ",", '"x":'])
+                | st.text(max_size=3), max_size=8).map("".join),
+       st.lists(st.sampled_from(_BYTE_PIECES), max_size=2), st.randoms(use_true_random=False))  # fmt: skip
+def test_load_json_equals_json_loads_on_odd_documents(text: str, raw: list[bytes], rng: random.Random) -> None:
+    for candidate in (text, "[" + text + "]", '{"k":' + text + "}"):
+        assert_same_json(candidate)
+        data = candidate.encode("utf-8", errors="surrogatepass")
+        for piece in raw:
+            at = rng.randrange(len(data) + 1)
+            data = data[:at] + piece + data[at:]
+        assert_same_json(data)
+
+
+@pytest.mark.parametrize("depth", [10, 200, 5000])
+def test_load_json_equals_json_loads_on_deep_nesting(depth: int) -> None:
+    assert_same_json("[" * depth + "]" * depth)
+    assert_same_json('{"a":' * depth + "1" + "}" * depth)
+
+
+def test_load_json_equals_json_loads_on_a_generated_host() -> None:
+    host = generate_fleet(1, 60, seed=1).hosts[0]
+    text = ps51json.dumps(host.document(sections_for(tuple(COLLECTORS)), 1_795_800_000.0))
+    assert not text.isascii()  # generated hosts have non-ASCII VM names now and then; this one does
+    assert_same_json(text)
+    assert_same_json(text.encode("utf-8"))
+    assert_same_json(text.encode("cp1252", errors="replace"))  # a host that ignored code page 65001
