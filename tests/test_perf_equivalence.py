@@ -2,7 +2,9 @@
 
 - cimxml: an item in Hyper-V's canonical single-line layout is read with a regular expression; any
   other text goes through defusedxml. For every input the two must agree, value or refusal.
-- sim.ps51json: strings are escaped with str.replace passes instead of a loop per character.
+- sim.ps51json: strings are escaped with str.replace passes instead of a loop per character, and
+  compact documents are written by the standard library's C encoder (floats prepared as 5.1 prints
+  them, ``< > & '`` replaced afterwards) instead of a recursive function.
 - report.load_json: msgspec reads the document's bytes; what it refuses goes to json.loads. For
   every input the result (value, or error message) must be json.loads's.
 """
@@ -117,9 +119,32 @@ def test_ps51json_document_of_a_generated_host_is_unchanged() -> None:
     try:
         fast = ps51json.dumps(doc)
         ps51json._string = _reference_string
-        assert ps51json.dumps(doc) == fast
+        assert ps51json._compact(doc) == fast
     finally:
         ps51json._string = original
+
+
+_ps51_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text()
+    | st.sampled_from([0.0, -0.0, 3.0, 1e15, 1e16, 2.5, "<a & 'b'>", "\x00\x1f\x7f\ud800", "\\u003c"]),
+    lambda children: st.lists(children, max_size=4) | st.tuples(children)
+    | st.dictionaries(st.text(max_size=5), children, max_size=4),
+    max_leaves=25,
+)  # fmt: skip
+
+
+@settings(max_examples=500, deadline=None)
+@given(_ps51_values)
+def test_ps51json_fast_compact_writes_what_the_recursive_writer_writes(value: object) -> None:
+    assert ps51json.dumps(value) == ps51json._compact(value)
+
+
+def test_ps51json_leaves_other_types_to_the_recursive_writer() -> None:
+    class Name(str):
+        pass
+
+    value = {"a": [Name("x<"), (1, 2.0)], "b": {1: "key not a str"}}
+    assert ps51json.dumps(value) == ps51json._compact(value) == '{"a":["x\\u003c",[1,2]],"b":{"1":"key not a str"}}'
 
 
 # -- report.load_json: msgspec, with json.loads for whatever msgspec refuses ---------------------------

@@ -172,7 +172,9 @@ class HostRunner:
         if fault == "zip_bomb":
             stdout = _zip_bomb()
         elif use_gzip:
-            stdout = base64.b64encode(gzip.compress(text.encode("utf-8"), mtime=0))
+            # zlib's default level: .NET's GZipStream in CompressionMode.Compress uses CompressionLevel.Optimal,
+            # which its zlib-based Deflater maps to Z_DEFAULT_COMPRESSION (6), not 9.
+            stdout = base64.b64encode(gzip.compress(text.encode("utf-8"), compresslevel=6, mtime=0))
         else:
             # With the console code page left at 437, non-ASCII names come out as '?' on a real host.
             stdout = text.encode(encoding, errors="replace")
