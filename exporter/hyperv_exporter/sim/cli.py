@@ -1,5 +1,8 @@
 """``hyperv-sim``: serve a fleet file's simulated Hyper-V hosts over WS-Management.
 
+Or a generated fleet (``--fleet.generate 100x100 --fleet.seed 1``, sim/generator.py): the input of
+the benchmarks, so that anyone can rerun one against the real exporter from the command line.
+
 Each host gets its own WinRM listener on ``--listen`` (port from the fleet file's
 ``Simulator.Port``, or a free one); the tool prints one line per host with its URL, so that an
 exporter's ``endpoints:`` map can point at it. Passwords come from the fleet file's
@@ -20,6 +23,7 @@ from pathlib import Path
 
 from hyperv_exporter import __version__, logutil
 from hyperv_exporter.sim.fleet import demo_fleet, load_fleet, with_password
+from hyperv_exporter.sim.generator import generate_fleet
 from hyperv_exporter.sim.host import SIM_WINRM, Simulator, exporter_config
 from hyperv_exporter.yamlutil import YamlError
 
@@ -33,6 +37,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--fleet.file", dest="fleet_file", metavar="FILE",
         help="Fleet file (YAML, see docs/simulator.md). Default: the built-in demo fleet.",
+    )  # fmt: skip
+    parser.add_argument(
+        "--fleet.generate", dest="fleet_generate", metavar="HOSTSxVMS", type=_fleet_size,
+        help="Serve a generated fleet of HOSTS hosts with VMS VMs each (e.g. 100x100; sim/generator.py, "
+        "the benchmarks' input) instead of a fleet file.",
+    )  # fmt: skip
+    parser.add_argument(
+        "--fleet.seed", dest="fleet_seed", metavar="N", type=int, default=1,
+        help="Seed of --fleet.generate: the same seed gives the same fleet on every machine (default: 1).",
     )  # fmt: skip
     parser.add_argument(
         "--listen", default="127.0.0.1", metavar="ADDRESS", help="Address the listeners bind to (default: 127.0.0.1)."
@@ -54,6 +67,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+MAX_GENERATED_VMS = 1_000_000  # hosts x VMs; a bigger fleet is a typo, not a benchmark
+
+
+def _fleet_size(text: str) -> tuple[int, int]:
+    hosts, sep, vms = text.lower().partition("x")
+    if not sep or not hosts.strip().isdigit() or not vms.strip().isdigit():
+        raise argparse.ArgumentTypeError(f"expected HOSTSxVMS, e.g. 100x100, not {text!r}")
+    size = int(hosts), int(vms)
+    if size[0] < 1 or size[0] * size[1] > MAX_GENERATED_VMS:
+        raise argparse.ArgumentTypeError(f"1 to {MAX_GENERATED_VMS:,} VMs in at least one host, not {text!r}")
+    return size
+
+
 def write_exporter_config(path: str, urls: dict[str, str], password_file: str | None) -> None:
     """A configuration for hyperv-exporter that probes these hosts, with the same password source."""
     if password_file:
@@ -67,8 +93,14 @@ def write_exporter_config(path: str, urls: dict[str, str], password_file: str | 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logutil.setup_logging(args.log_level, args.log_format)
+    if args.fleet_file and args.fleet_generate:
+        print("error: --fleet.file and --fleet.generate exclude each other", file=sys.stderr)
+        return 1
     try:
-        fleet = load_fleet(args.fleet_file) if args.fleet_file else demo_fleet()
+        if args.fleet_generate:
+            fleet = generate_fleet(*args.fleet_generate, seed=args.fleet_seed)
+        else:
+            fleet = load_fleet(args.fleet_file) if args.fleet_file else demo_fleet()
     except YamlError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
