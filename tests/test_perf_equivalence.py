@@ -228,3 +228,100 @@ def test_load_json_equals_json_loads_on_a_generated_host() -> None:
     assert_same_json(text)
     assert_same_json(text.encode("utf-8"))
     assert_same_json(text.encode("cp1252", errors="replace"))  # a host that ignored code page 65001
+
+
+# -- report.parse_report: VMs decoded one at a time, json.loads when msgspec refuses one ---------------
+def _report_outcome(parse: object, document: str | bytes) -> object:
+    kvp_filter = cimxml.allowlist(["OSName", "FullyQualifiedDomainName"], 256)
+    try:
+        return parse(document, kvp_filter)  # type: ignore[operator]
+    except report.ReportError as exc:
+        return ("error", exc.reason, str(exc))
+
+
+def _reference_report(document: str | bytes, kvp_filter: cimxml.KvpFilter) -> object:
+    """What parse_report did before: the whole document through json.loads, then the records."""
+    sources = frozenset((report.KVP_GUEST_INTRINSIC, report.KVP_GUEST, report.KVP_HOST))
+    return report._report(report._load(document, lazy=False), kvp_filter, sources)
+
+
+def assert_same_report(document: str | bytes) -> None:
+    ours, reference = _report_outcome(report.parse_report, document), _report_outcome(_reference_report, document)
+    assert ours == reference, repr(document)[:300]
+
+
+def _generated_document(vms: int = 6) -> str:
+    host = generate_fleet(1, vms, seed=1).hosts[0]
+    return ps51json.dumps(host.document(sections_for(tuple(COLLECTORS)), 1_795_800_000.0))
+
+
+# What msgspec refuses in one VM and json.loads takes (or refuses differently): each must give the
+# report json.loads gives, whichever VM it is in.
+VM_DAMAGE = [
+    ('"Generation":2', '"Generation":NaN'), ('"Generation":2', '"Generation":1e400'),
+    ('"Generation":2', '"Generation":123456789012345678901234567890'), ('"Version":"', '"Version":"\\ud800'),
+    ('"Name":"', '"Name":"\\udc00\\ud800'), ('"Generation":2', '"Generation":Infinity'),
+    ('"Generation":2', '"Generation":2,"Generation":3'),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("old", "new"), VM_DAMAGE)
+@pytest.mark.parametrize("vm", [0, 3, 5])
+def test_parse_report_equals_the_json_path_when_one_vm_is_odd(old: str, new: str, vm: int) -> None:
+    text = _generated_document()
+    start = text.index('"VMs":[')
+    for _ in range(vm + 1):
+        start = text.index('{"Name":', start + 1)
+    at = text.index(old, start)
+    damaged = text[:at] + new + text[at + len(old) :]
+    assert_same_report(damaged)
+    assert_same_report(damaged.encode("utf-8", errors="surrogatepass"))
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"\xff", b"\xed\xa0\x80", b"\xe9t\xe9", b"\xc3"],  # invalid UTF-8: json.loads reads it all as Windows-1252
+)
+@pytest.mark.parametrize("vm", [0, 5])
+def test_parse_report_equals_the_json_path_with_invalid_utf8_in_a_vm(raw: bytes, vm: int) -> None:
+    data = _generated_document().encode("utf-8")
+    start = data.index(b'"VMs":[')
+    for _ in range(vm + 1):
+        start = data.index(b'{"Name":"', start + 1)
+    at = start + len(b'{"Name":"')
+    assert_same_report(data[:at] + raw + data[at:])
+
+
+def test_parse_report_decodes_vms_it_does_not_use(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A VM beyond MAX_VMS is never parsed, but its bytes still decide how the document is read."""
+    monkeypatch.setattr(report, "MAX_VMS", 2)
+    data = _generated_document().encode("utf-8")
+    last = data.rindex(b'{"Name":"') + len(b'{"Name":"')
+    damaged = data[:last] + b"\xe9" + data[last:]  # Windows-1252: the whole document is read that way
+    assert_same_report(damaged)
+    assert "VMs has 6 entries" in str(report.parse_report(damaged, cimxml.allowlist([], 1)).problems)
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        '{"SchemaVersion":1,"VMs":{"Name":"single","Id":"1"}}',  # one VM, not wrapped in an array
+        '{"SchemaVersion":1,"VMs":null}',
+        '{"SchemaVersion":1,"VMs":[],"VMs":[{"Name":"second","Id":"2"}]}',  # the last one wins
+        '{"SchemaVersion":1,"VMs":[1,"x",[],{"Name":"a","Id":"3"}]}',
+        '{"SchemaVersion":1,"VMs":[{"Name":"a","Id":"3"}],"Host":{"ComputerName":NaN}}',
+        '{"SchemaVersion":2,"VMs":[{"Name":"a","Id":NaN}]}',
+        '[{"SchemaVersion":1}]',
+        '{"SchemaVersion":1,"VMs":[{"Name":"a","Id":"3"}]',  # truncated
+        '{"SchemaVersion":1,"VMs":[{"Name":"a","Id":"3"}]}trailing',
+    ],
+)
+def test_parse_report_equals_the_json_path_on_odd_shapes(document: str) -> None:
+    assert_same_report(document)
+    assert_same_report(document.encode("utf-8"))
+
+
+def test_parse_report_equals_the_json_path_on_a_generated_host() -> None:
+    text = _generated_document(60)
+    assert_same_report(text)
+    assert_same_report(text.encode("utf-8"))

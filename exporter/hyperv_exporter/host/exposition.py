@@ -16,6 +16,7 @@ followed by the families of every enabled collector that succeeded.
 
 from __future__ import annotations
 
+import io
 import logging
 from dataclasses import dataclass
 
@@ -92,7 +93,7 @@ def _collect(result: ProbeResult, timeout: float, last_success: float | None, ke
         "hyperv_collector_duration_seconds", "Time the collector's queries took on the host.", ("collector",)
     )
     families: list[Family] = []
-    # Each collector's text is encoded as soon as it is rendered: a 1,000-VM host's exposition is
+    # Each family's text is encoded as soon as it is rendered: a 1,000-VM host's exposition is
     # 8 MB, held once as bytes instead of as lines, a joined string (2 bytes per character as soon
     # as one VM name is not ASCII) and bytes at the same time. The head goes in front at the end,
     # once success and duration are known.
@@ -103,22 +104,24 @@ def _collect(result: ProbeResult, timeout: float, last_success: float | None, ke
         ok = failure is None
         if ok and report is not None:
             ctx = CollectorContext(report=report, clock=result.clock)
-            lines: list[str] = []
+            buffer = io.BytesIO()
             try:
                 produced = COLLECTORS[name]().collect(ctx)
                 # Rendered (and encoded) here rather than at the end, so that data a collector cannot
                 # render costs that collector's families only (hyperv_collector_success 0), not the probe.
                 for family in produced:
+                    lines: list[str] = []
                     family.render_into(lines, escaped)
-                chunk = "".join(lines).encode("utf-8")
+                    buffer.write("".join(lines).encode("utf-8"))
+                    del lines
             except Exception:
                 log.exception("collector failed", extra=logutil.fields(collector=name, target=result.target))
                 ok = False
             else:
                 if keep_families:
                     families.extend(produced)
-                chunks.append(chunk)
-            del lines
+                chunks.append(buffer.getvalue())  # the buffer itself, not a copy
+            del buffer
         success.add((name,), 1.0 if ok else 0.0)
         if report is not None:
             section = report.sections.get(COLLECTORS[name].report_section)
@@ -129,7 +132,14 @@ def _collect(result: ProbeResult, timeout: float, last_success: float | None, ke
 
 
 def render(result: ProbeResult, timeout: float) -> bytes:
-    return b"".join(_collect(result, timeout, result.collected_at).chunks)
+    chunks = _collect(result, timeout, result.collected_at).chunks
+    # One buffer grown in place while each chunk is dropped once copied: the exposition exists about
+    # once, not as chunks and their join side by side.
+    body = io.BytesIO()
+    chunks.reverse()
+    while chunks:
+        body.write(chunks.pop())
+    return body.getvalue()
 
 
 def families(result: ProbeResult, timeout: float) -> list[Metric]:
