@@ -31,8 +31,9 @@ RUN pip wheel --wheel-dir /wheels --constraint constraints.txt . \
 FROM python:3.11-slim-bookworm
 LABEL org.opencontainers.image.title="hyperv-exporter" \
       org.opencontainers.image.description="Prometheus exporter for Hyper-V integration services over WinRM" \
-      org.opencontainers.image.licenses="Apache-2.0" \
-      org.opencontainers.image.documentation="https://github.com/hyperv-exporter/hyperv-exporter/blob/main/docs/deployment.md"
+      org.opencontainers.image.licenses="Apache-2.0"
+# No documentation/source URL label: the project has no canonical public address yet. Add one at
+# build time if you publish it: docker build --label org.opencontainers.image.source=https://...
 # A fixed uid/gid (the exporter's port number) so that file permissions on mounted secrets and
 # Kubernetes' runAsUser can name it; no home directory and no login shell.
 RUN groupadd --system --gid 10020 hyperv-exporter \

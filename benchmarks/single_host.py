@@ -123,7 +123,8 @@ def _in_process(stack: Stack, result: SizeResult, probes: int, profile: bool) ->
     target = stack.targets[0]
     session = WinRMSession(module.endpoint_url(target), module.winrm, script.script_text())
     collectors = tuple(c for c in COLLECTORS if c in DEFAULT_COLLECTORS)
-    command, args = script.command_line(sections_for(collectors), module.winrm.gzip)
+    kvp_keys = report.kvp_keys_read(module.kvp.keys)
+    command, args = script.probe_command(sections_for(collectors), module.winrm.gzip, kvp_keys)
     kvp_filter = cimxml.allowlist(module.kvp.keys, module.kvp.max_value_length)
     sources = frozenset(module.kvp.sources)
     body = b""

@@ -44,7 +44,7 @@ RULE_TESTS_DIR = REPO / "tests" / "rules"
 EXAMPLES_DIR = REPO / "examples"
 PROMETHEUS_EXAMPLE = EXAMPLES_DIR / "prometheus" / "prometheus.yml"
 ALERTMANAGER_EXAMPLE = EXAMPLES_DIR / "alertmanager" / "alertmanager.yml"
-RUNBOOK_URL_BASE = "https://github.com/hyperv-exporter/hyperv-exporter/blob/main/docs/runbooks/"
+RUNBOOK_URL_BASE = "docs/runbooks/"
 IN_CI = os.environ.get("HYPERV_EXPORTER_CI") == "1"
 
 T = TypeVar("T")

@@ -61,9 +61,9 @@ def test_prometheus_discovers_the_guest_agents_with_the_shipped_relabelling(sd_s
     with Prometheus(tmp_path / "prometheus", config) as prometheus:
         # Prometheus' discovery manager passes updates on every 5 s.
         targets = wait_for(
-            lambda: (found := guest_targets(prometheus)) and len(found) == 14 and found,
+            lambda: (found := guest_targets(prometheus)) and len(found) == 19 and found,
             timeout=30,
-            what="14 discovered hyperv-guest targets",
+            what="19 discovered hyperv-guest targets",
             on_timeout=prometheus.log_tail(),
         )
         buero = targets["Büro-Server"]
@@ -80,7 +80,7 @@ def test_prometheus_discovers_the_guest_agents_with_the_shipped_relabelling(sd_s
         assert discovered["__meta_hyperv_target"] == "hv-berlin-01"
         assert targets["会計"]["labels"]["hyperv_host"] == "HV-BERLIN-01"
         assert {t["labels"]["hyperv_host"] for t in targets.values()} == {
-            "HV-BERLIN-01", "HV-LONDON-01", "HV-DUBLIN-01", "HV-LEGACY-01",
+            "HV-BERLIN-01", "HV-LONDON-01", "HV-DUBLIN-01", "HV-LEGACY-01", "HV-MUENCHEN-01", "HV-NODE-A", "HV-NODE-B",
         }  # fmt: skip
         # No __meta_* label survives relabelling, and off/saved VMs were never listed.
         assert not any(k.startswith("__") for t in targets.values() for k in t["labels"])
@@ -92,7 +92,7 @@ def test_prometheus_discovers_the_guest_agents_with_the_shipped_relabelling(sd_s
         sd_stack.probe("HV-LONDON-01")
         started = time.monotonic()
         wait_for(
-            lambda: "web01" not in guest_targets(prometheus) and len(guest_targets(prometheus)) == 13,
+            lambda: "web01" not in guest_targets(prometheus) and len(guest_targets(prometheus)) == 18,
             timeout=30,
             what="web01 to leave the hyperv-guest targets",
             on_timeout=prometheus.log_tail(),

@@ -17,6 +17,7 @@ FLEET_PY = REPO / "exporter" / "hyperv_exporter" / "sim" / "fleet.py"
 
 def fleet_keys() -> set[str]:
     keys = mapping_keys(FLEET_PY) | set(fleet.VM_KEYS) | set(fleet.SERVICE_KEYS) | set(fleet.KVP_ARRAYS)
+    keys |= set(fleet.HOST_KEYS)
     assert {"hosts", "ComputerName", "Simulator", "Port", "Snapshots", "AgeSeconds"} <= keys, "the extraction broke"
     return keys
 

@@ -20,13 +20,15 @@ def test_demo_serves_every_demo_vm_with_correct_labels(demo: Running) -> None:
     base = demo.server.urls[0]
     assert demo.simulator is not None
     for host in demo.simulator.fleet.hosts:
+        vms = list(host.vms)  # before the probe: a live-migrating VM leaves its node after each run
         with urllib.request.urlopen(f"{base}/probe?module=default&target={host.computer_name}", timeout=30) as r:
             text = r.read().decode()
         samples = [s for f in text_string_to_metric_families(text) for s in f.samples]
         assert [s.value for s in samples if s.name == "hyperv_up"] == [1.0], host.computer_name
+        assert {s.value for s in samples if s.name == "hyperv_collector_success"} == {1.0}, host.computer_name
         infos = {s.labels["vm"]: s.labels for s in samples if s.name == "hyperv_vm_info"}
-        assert set(infos) == {vm.name for vm in host.vms}
-        for vm in host.vms:
+        assert set(infos) == {vm.name for vm in vms}
+        for vm in vms:
             assert infos[vm.name]["vm_id"] == vm.id.lower()
             states = {
                 s.labels["state"]: s.value for s in samples if s.name == "hyperv_vm_state" and s.labels["vm"] == vm.name
@@ -45,6 +47,8 @@ def test_demo_serves_every_demo_vm_with_correct_labels(demo: Running) -> None:
             expected = set(enums.SERVICES) - (
                 set() if host.has_guest_service_interface() else {"guest_service_interface"}
             )
+            if vm.vanishes() or not vm.has_integration_components():
+                expected = set()  # Get-VMIntegrationService failed for this VM only (a VMProblems entry)
             assert services == expected, (host.computer_name, vm.name)
 
 

@@ -88,7 +88,9 @@ def test_hostile_kvp_items(stack: Stack, caplog: pytest.LogCaptureFixture) -> No
     assert 'quote" backslash\\' in value  # printable text survives; the exposition escapes it
     _, metrics = stack.get("/metrics")
     problems = [v for n, _, v in parsed(metrics) if n == "hyperv_exporter_report_problems_total"]
-    assert problems and problems[0] >= 2
+    # The malformed items count; the flood of non-allowlisted keys no longer reaches the exporter
+    # (collect.ps1 -KvpKeys drops it on the host), so its "only the first 4096" problem is gone.
+    assert problems and problems[0] >= 1
     # The non-allowlisted key's value and the external file appear nowhere.
     hostname = Path("/etc/hostname").read_text().strip() if Path("/etc/hostname").exists() else None
     pages = [text, metrics, stack.get("/")[1], stack.get(f"/probe?module=default&target={TARGET}&debug=true")[1]]

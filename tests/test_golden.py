@@ -23,6 +23,8 @@ HOSTS = {
     "ps51-compressed-london.json": "london",
     "ps51-compressed-dublin.json": "dublin",
     "legacy-2012.json": "legacy",
+    "ps51-compressed-node-a.json": "node-a",
+    "ps51-indented-muenchen.json": "muenchen",
 }
 
 
@@ -60,7 +62,21 @@ def test_golden_content_for_every_demo_vm() -> None:
         'hyperv_vm_heartbeat{status="lost_communication",vm="web02",vm_id="8e3ece81-7ef3-4581-a6b4-92f152abe268"} 1.0'
         in london
     )
-    assert 'hyperv_vm_integration_services_state{state="update_required",vm="legacy-app"' in london
+    # A 2019 host says nothing about integration services (state "", version 0.0); the guests' own
+    # KVP report does: legacy-app runs 2012 components in a 2012 R2 guest.
+    assert (
+        'hyperv_vm_integration_services_state{state="unknown",vm="legacy-app",vm_id="8e3ece81-7ef3-4581-a6b4-92f152abe269"} 1.0'
+        in london
+    )
+    assert (
+        'hyperv_vm_integration_services_up_to_date{vm="legacy-app",vm_id="8e3ece81-7ef3-4581-a6b4-92f152abe269"} 0.0'
+        in london
+    )
+    assert (
+        'hyperv_vm_integration_services_up_to_date{vm="web01",vm_id="8e3ece81-7ef3-4581-a6b4-92f152abe267"} 1.0'
+        in london
+    )
+    assert 'hyperv_vm_integration_services_up_to_date{vm="build-agent"' not in london  # Linux: no basis
     assert 'hyperv_vm_state{state="saved",vm="jumpbox"' in london
     assert "hyperv_host_time_offset_seconds" in london
     berlin = (GOLDEN / "demo-berlin.prom").read_text(encoding="utf-8")
@@ -70,3 +86,28 @@ def test_golden_content_for_every_demo_vm() -> None:
     assert "ProvisioningToken" not in berlin and "tok-9f3a27c1e5b84d0a" not in berlin
     legacy = (GOLDEN / "demo-legacy.prom").read_text(encoding="utf-8")
     assert "guest_service_interface" not in legacy
+    # Written from the fixtures (not from the output): what the cluster node and the German
+    # 2012 R2 host must show.
+    node_a = (GOLDEN / "demo-node-a.prom").read_text(encoding="utf-8")
+    assert 'hyperv_host_info{cluster="HV-CLUSTER-01",host_name="HV-NODE-A"' in node_a
+    assert 'hyperv_collector_vm_problems{collector="integration_services"} 1.0' in node_a
+    assert 'hyperv_collector_vm_problems{collector="checkpoints"} 1.0' in node_a
+    assert 'hyperv_collector_success{collector="checkpoints"} 1.0' in node_a
+    assert 'service="heartbeat",vm="vm-vanishing"' not in node_a
+    assert 'hyperv_vm_integration_services_up_to_date{vm="app-migrating",' in node_a
+    assert (
+        'clustered="true",config_version="9.0",generation="2",guest_integration_services_version="10.0.20348.1",integration_services_version="0.0",vm="app-migrating"'
+        in node_a
+    )
+    muenchen = (GOLDEN / "demo-muenchen.prom").read_text(encoding="utf-8")
+    assert 'hyperv_vm_integration_services_state{state="update_required",vm="Altsystem"' in muenchen
+    assert (
+        'hyperv_vm_integration_services_up_to_date{vm="Altsystem",vm_id="3d2c1b0a-9f8e-4d7c-8b6a-5f4e3d2c1b02"} 0.0'
+        in muenchen
+    )
+    assert (
+        'hyperv_vm_integration_services_up_to_date{vm="Lager-DB",vm_id="3d2c1b0a-9f8e-4d7c-8b6a-5f4e3d2c1b01"} 1.0'
+        in muenchen
+    )
+    assert 'hyperv_vm_integration_services_up_to_date{vm="Firewall-Appliance"' not in muenchen
+    assert 'service="heartbeat",vm="Altsystem"' in muenchen and 'vm="Firewall-Appliance",vm_id' in muenchen

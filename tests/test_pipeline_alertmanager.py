@@ -49,7 +49,7 @@ HEARTBEAT_LOST = {
         "summary": "A running Hyper-V VM has lost its heartbeat.",
         "description": "VM web01 on Hyper-V host HV-LONDON-01 is running but its heartbeat is lost_communication: "
         "the guest OS is hung or crashed, or its heartbeat service stopped.",
-        "runbook_url": "https://github.com/hyperv-exporter/hyperv-exporter/blob/main/docs/runbooks/HyperVVMHeartbeatLost.md",
+        "runbook_url": "docs/runbooks/HyperVVMHeartbeatLost.md",
     },
 }
 

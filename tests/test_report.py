@@ -156,7 +156,7 @@ def test_damaged_report_keeps_what_it_can_and_says_where() -> None:
         "VM #4: not an object",
         "unknown Heartbeat 'SuperHealthy'",
         "property State is not a string",
-        "unknown IntegrationServicesState 'aktuell'",
+        "unknown IntegrationServicesState 'Aktuell'",
         "unknown PrimaryOperationalStatus 'Quantum'",
         "skipped 5 malformed KVP item(s)",
         "property Kvp is not an object",

@@ -80,5 +80,6 @@ def test_script_emits_enum_names_and_arrays() -> None:
     text = script.script_text()
     for prop in ("State", "Heartbeat", "PrimaryOperationalStatus", "SecondaryOperationalStatus", "SnapshotType"):
         assert re.search(rf"\[string\]\$\w+\.{prop}\b", text), prop
-    assert "ConvertTo-Array $rows.ToArray()" in text  # zero or one VM still gives a JSON array
+    assert """+ ',"VMs":[')""" in text  # zero or one VM: still an array
+    assert "ConvertTo-Json -InputObject $batch" in text  # each batch an array, also with one VM
     assert "$ProgressPreference = 'SilentlyContinue'" in text

@@ -106,30 +106,8 @@ SERVICE_GUIDS: Final = {
     "6C09BB55-D683-4DA0-8931-C9BF705F6480": GUEST_SERVICE_INTERFACE,
 }
 SERVICES: Final = (SHUTDOWN, TIME_SYNCHRONIZATION, KEY_VALUE_PAIR_EXCHANGE, HEARTBEAT, VSS, GUEST_SERVICE_INTERFACE)
-# Every service except Guest Service Interface is enabled by default (seed document).
-DEFAULT_ON_SERVICES: Final = frozenset(SERVICES) - {GUEST_SERVICE_INTERFACE}
-
-# Display names as Get-VMIntegrationService prints them, per host UI culture. en-US from the
-# windowsserverdocs "Manage Hyper-V integration services" page; de-DE from a German Server 2016+
-# host's Get-VMIntegrationService output quoted in a public DSC configuration. Used by the simulator.
-SERVICE_DISPLAY_NAMES: Final = {
-    "en-US": {
-        SHUTDOWN: "Shutdown",
-        TIME_SYNCHRONIZATION: "Time Synchronization",
-        KEY_VALUE_PAIR_EXCHANGE: "Key-Value Pair Exchange",
-        HEARTBEAT: "Heartbeat",
-        VSS: "VSS",
-        GUEST_SERVICE_INTERFACE: "Guest Service Interface",
-    },
-    "de-DE": {
-        SHUTDOWN: "Herunterfahren",
-        TIME_SYNCHRONIZATION: "Zeitsynchronisierung",
-        KEY_VALUE_PAIR_EXCHANGE: "Austausch von Schlüsselwertepaaren",
-        HEARTBEAT: "Takt",
-        VSS: "VSS",
-        GUEST_SERVICE_INTERFACE: "Gastdienstschnittstelle",
-    },
-}
+# The localized display names are not needed here (the exporter keys on the GUID); the simulator
+# keeps its own per culture (sim/tables.py).
 
 
 def service_for_id(ic_id: str | None) -> str | None:

@@ -209,6 +209,30 @@ def _table(docs: dict[str, FamilyDoc], with_values: bool = True) -> list[str]:
     return lines
 
 
+# What each Hyper-V host generation lets the exporter know about integration services (host.icversion).
+IC_GENERATIONS = [
+    "### Integration services per host generation",
+    "",
+    "Which host versions give which integration-services data (sources and reasoning: docs/alerts.md,",
+    "`HyperVIntegrationServicesOutdated`). `hyperv_host_info{os_version}` carries the host's build.",
+    "",
+    "| | Windows Server 2012 (6.2) / 2012 R2 (6.3) | Windows Server 2016 and later (10.0) |",
+    "|---|---|---|",
+    "| `hyperv_vm_info{integration_services_version}` | the guest's IC version, judged by the host "
+    "| always `0.0` (or empty) |",
+    "| `hyperv_vm_integration_services_state` | `up_to_date` / `update_required` (English text; a localized "
+    "text is decided like the host does: Get-VM's IC version older than the host build's major.minor.build "
+    "is `update_required`); `unknown` when off | always `unknown` (the host reports an empty string) |",
+    "| `hyperv_vm_info{guest_integration_services_version}` | KVP intrinsic `IntegrationServicesVersion` "
+    "(needs the `kvp` collector; running VMs) | the same |",
+    "| `hyperv_vm_integration_services_up_to_date` | from the state: 1 / 0; absent when `unknown` | Windows "
+    "guests: 1 when the KVP `IntegrationServicesVersion` is not older than the KVP `OSVersion` "
+    "(major.minor.build), else 0; absent for Linux guests, VMs that are not running, and without the `kvp` "
+    "collector |",
+    "",
+]
+
+
 def render_markdown() -> str:
     out = [
         "# Metrics",
@@ -240,6 +264,7 @@ def render_markdown() -> str:
                 "",
             ]
         out += [*_table(docs), ""]
+    out += IC_GENERATIONS
     own, standard = self_metric_families()
     out += [
         "## /metrics: the exporter itself",

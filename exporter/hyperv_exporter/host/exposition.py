@@ -10,6 +10,7 @@ blackbox_exporter convention)::
     hyperv_last_success_timestamp_seconds 1.7e9
     hyperv_collector_success{collector="kvp"} 1
     hyperv_collector_duration_seconds{collector="kvp"} 0.08    (time the collector's queries took on the host)
+    hyperv_collector_vm_problems{collector="kvp"} 0            (VMs that lost their data in that section)
 
 followed by the families of every enabled collector that succeeded.
 """
@@ -92,6 +93,12 @@ def _collect(result: ProbeResult, timeout: float, last_success: float | None, ke
     duration = Family(
         "hyperv_collector_duration_seconds", "Time the collector's queries took on the host.", ("collector",)
     )
+    vm_problems = Family(
+        "hyperv_collector_vm_problems",
+        "VMs that lost their data in the collector's part of this probe (a VM that vanished mid-probe, one without "
+        "integration components); the collector's other VMs are unaffected.",
+        ("collector",),
+    )
     families: list[Family] = []
     # Each family's text is encoded as soon as it is rendered: a 1,000-VM host's exposition is
     # 8 MB, held once as bytes instead of as lines, a joined string (2 bytes per character as soon
@@ -127,7 +134,8 @@ def _collect(result: ProbeResult, timeout: float, last_success: float | None, ke
             section = report.sections.get(COLLECTORS[name].report_section)
             if section is not None and section.seconds is not None:
                 duration.add((name,), section.seconds)
-    head += [success, duration]
+            vm_problems.add((name,), float(report.vm_problems.get(COLLECTORS[name].report_section, 0)))
+    head += [success, duration, vm_problems]
     return _Output([*head, *families], [render_families(head, escaped).encode("utf-8"), *chunks])
 
 

@@ -67,8 +67,8 @@ class VM:
     status: str | None  # localized free text from Get-VM, for humans only
     heartbeat: str  # enums.HEARTBEAT_STATUSES; "unknown" when null (VM off, heartbeat service absent)
     uptime_seconds: float | None
-    integration_services_version: str | None
-    integration_services_state: str  # enums.IS_STATES
+    integration_services_version: str | None  # Get-VM's; "0.0" on 2016+ hosts
+    integration_services_state: str  # enums.IS_STATES (localized text already mapped: host.icversion)
     generation: int | None
     version: str | None  # configuration version, e.g. "9.0"
     is_clustered: bool | None = None
@@ -77,6 +77,12 @@ class VM:
     resources: Resources | None = None
     replication: Replication | None = None
     checkpoints: list[Checkpoint] | None = None
+    # What the guest says about itself in the KVP intrinsic items IntegrationServicesVersion and
+    # OSVersion, read whatever the KVP allowlist says (None when not collected or not reported).
+    guest_integration_services_version: str | None = None
+    guest_os_version: str | None = None
+    # hyperv_vm_integration_services_up_to_date: None where the host generation gives no basis.
+    integration_services_up_to_date: bool | None = None
 
 
 @dataclass(slots=True)
@@ -85,6 +91,7 @@ class HostInfo:
     os_caption: str | None
     os_version: str | None
     ui_culture: str | None
+    cluster: str | None = None  # failover cluster name (MSCluster_Cluster), None when not clustered
 
 
 @dataclass(slots=True)
@@ -103,3 +110,6 @@ class HostReport:
     clock_start: float | None  # host clock (Unix seconds) when the script started
     clock_end: float | None  # host clock (Unix seconds) just before it printed its output
     problems: list[str] = field(default_factory=list)  # data the parser had to drop, with where and why
+    # Section -> how many VMs lost their data in it (collect.ps1's VMProblems), for
+    # hyperv_collector_vm_problems.
+    vm_problems: dict[str, int] = field(default_factory=dict)

@@ -255,7 +255,8 @@ class Prober:
         try:
             with session.lock:
                 result.note(f"probing {session.url} with collectors {','.join(collectors)}")
-                command, args = script.command_line(sections_for(collectors), module.winrm.gzip)
+                kvp_keys = report.kvp_keys_read(module.kvp.keys)  # filtered on the host (collect.ps1 -KvpKeys)
+                command, args = script.probe_command(sections_for(collectors), module.winrm.gzip, kvp_keys)
                 exchange = session.run(command, args, deadline)
             result.requests = exchange.requests
             result.output_bytes = len(exchange.stdout)

@@ -24,13 +24,14 @@ import logging
 import re
 import sys
 import zlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from functools import lru_cache
 from typing import Any
 
 import msgspec
 
 from hyperv_exporter import enums
-from hyperv_exporter.host import cimxml
+from hyperv_exporter.host import cimxml, icversion
 from hyperv_exporter.host.model import (
     KVP_GUEST,
     KVP_GUEST_INTRINSIC,
@@ -59,9 +60,22 @@ MAX_KVP_ITEMS_PER_ARRAY = 4096
 MAX_CHECKPOINTS_PER_VM = 4096
 MAX_TEXT = 1024  # VM names, descriptions and versions are capped to this many characters
 INFLATE_STEP = 1 << 20  # bytes inflated per zlib call
+MAX_VM_PROBLEMS = 20_000
+
+# KVP intrinsic items the exporter reads for itself, whatever the module's allowlist: the guest's
+# own integration services version and OS version (host.icversion judges them on 2016+ hosts).
+GUEST_FACT_KEYS = frozenset({"IntegrationServicesVersion", "OSVersion"})
+
+
+def kvp_keys_read(allowlist: Iterable[str]) -> tuple[str, ...]:
+    """Every KVP key the exporter reads: the module's allowlist and :data:`GUEST_FACT_KEYS`. What
+    collect.ps1's host-side filter (-KvpKeys) must keep."""
+    return tuple(dict.fromkeys([*allowlist, *sorted(GUEST_FACT_KEYS)]))
+
 
 # Snapshot types that are Hyper-V Replica recovery points, not user checkpoints (a-schild's
-# Zabbix template v2.1.0 excludes them for the same reason).
+# Zabbix template v2.1.0 excludes them for the same reason; docs/alerts.md "Checkpoints" says
+# which types count and why).
 REPLICA_SNAPSHOT_TYPES = frozenset({"replica", "app_consistent_replica", "synced_replica"})
 
 
@@ -358,25 +372,41 @@ def _services(vm: _Fields, where: str) -> list[IntegrationService] | None:
     return result
 
 
-def _kvp(vm: _Fields, where: str, kvp_filter: cimxml.KvpFilter, sources: frozenset[str]) -> list[KvpItem] | None:
+@lru_cache(maxsize=16)
+def _with_facts(kvp_filter: cimxml.KvpFilter) -> cimxml.KvpFilter:
+    """The module's allowlist plus :data:`GUEST_FACT_KEYS`, for the intrinsic items."""
+    return cimxml.allowlist(kvp_filter.keys | GUEST_FACT_KEYS, kvp_filter.max_value_length)
+
+
+def _kvp(
+    vm: _Fields, where: str, kvp_filter: cimxml.KvpFilter, sources: frozenset[str]
+) -> tuple[list[KvpItem] | None, dict[str, str]]:
+    """(allowlisted items, guest facts) of one VM; (None, {}) when it has no KVP component."""
     kvp = vm.mapping("Kvp")
     if kvp is None:
-        return None
+        return None, {}
     items: list[KvpItem] = []
+    facts: dict[str, str] = {}
     for prop, source in (
         ("GuestIntrinsicExchangeItems", KVP_GUEST_INTRINSIC),
         ("GuestExchangeItems", KVP_GUEST),
         ("HostExchangeItems", KVP_HOST),
     ):
-        if source not in sources:
+        intrinsic = source == KVP_GUEST_INTRINSIC
+        if source not in sources and not intrinsic:
             continue
         raw = kvp.array(prop, MAX_KVP_ITEMS_PER_ARRAY) or []
         seen: set[str] = set()
-        for key, value in cimxml.select(raw, kvp_filter, vm.problems, f"{where} {prop}"):
-            if key not in seen:  # the first item wins if a guest writes a key twice
-                seen.add(key)
+        selector = _with_facts(kvp_filter) if intrinsic else kvp_filter
+        for key, value in cimxml.select(raw, selector, vm.problems, f"{where} {prop}"):
+            if key in seen:  # the first item wins if a guest writes a key twice
+                continue
+            seen.add(key)
+            if intrinsic and key in GUEST_FACT_KEYS:
+                facts[key] = value
+            if source in sources and key in kvp_filter.keys:
                 items.append(KvpItem(source, key, value))
-    return items
+    return items, facts
 
 
 def _resources(vm: _Fields) -> Resources | None:
@@ -429,6 +459,7 @@ def _vm(
     problems: list[str],
     kvp_filter: cimxml.KvpFilter,
     kvp_sources: frozenset[str],
+    host_os_version: str | None = None,
 ) -> VM | None:
     f = _Fields(entry, f"VM #{index}", problems)
     name = f.text("Name")
@@ -438,11 +469,14 @@ def _vm(
         return None
     where = f"VM {name!r}"
     f.where = where
-    is_state_text = (f.text("IntegrationServicesState") or "").strip().lower()
-    is_state = enums.IS_STATE_TEXT.get(is_state_text, enums.UNKNOWN)
-    if is_state_text and is_state == enums.UNKNOWN:
-        problems.append(f"{where}: unknown IntegrationServicesState {is_state_text[:64]!r}")
+    ic_version = f.shared("IntegrationServicesVersion")
+    is_state_text = f.text("IntegrationServicesState")
+    is_state, recognised = icversion.state_from_text(is_state_text, ic_version, host_os_version)
+    if not recognised:
+        problems.append(f"{where}: unknown IntegrationServicesState {(is_state_text or '')[:64]!r}")
     heartbeat_raw = f.text("Heartbeat")
+    kvp, facts = _kvp(f, where, kvp_filter, kvp_sources)
+    guest_ic, guest_os = facts.get("IntegrationServicesVersion"), facts.get("OSVersion")
     return VM(
         name=name,
         id=vm_id.strip().strip("{}").lower(),
@@ -450,17 +484,35 @@ def _vm(
         status=f.shared("Status"),
         heartbeat=enums.UNKNOWN if heartbeat_raw is None else f.enum("Heartbeat", enums.HEARTBEAT_STATUSES),
         uptime_seconds=f.number("UptimeSeconds"),
-        integration_services_version=f.shared("IntegrationServicesVersion"),
+        integration_services_version=ic_version,
         integration_services_state=is_state,
         generation=f.integer("Generation"),
         version=f.shared("Version"),
         is_clustered=f.boolean("IsClustered"),
         integration_services=_services(f, where),
-        kvp=_kvp(f, where, kvp_filter, kvp_sources),
+        kvp=kvp,
         resources=_resources(f),
         replication=_replication(f),
         checkpoints=_checkpoints(f, where),
+        guest_integration_services_version=guest_ic,
+        guest_os_version=guest_os,
+        integration_services_up_to_date=icversion.up_to_date(is_state, host_os_version, guest_ic, guest_os),
     )
+
+
+def _vm_problems(top: _Fields, problems: list[str]) -> dict[str, int]:
+    """collect.ps1's VMProblems -> a problem line each, and per section the number of VMs affected."""
+    affected: dict[str, set[str]] = {}
+    for entry in top.array("VMProblems", MAX_VM_PROBLEMS) or []:
+        if not isinstance(entry, dict):
+            problems.append("VMProblems: an entry is not an object")
+            continue
+        f = _Fields(entry, "VMProblems", problems)
+        section = (f.text("Section") or "unknown")[:64]
+        name, vm_id = f.text("Name") or "", (f.text("Id") or "").strip().strip("{}").lower()
+        problems.append(f"VM {name!r} ({vm_id}) lost its {section} data: {(f.text('Error') or 'no error text')[:512]}")
+        affected.setdefault(section, set()).add(vm_id or name)
+    return {section: len(vms) for section, vms in affected.items()}
 
 
 def parse_report(
@@ -505,13 +557,18 @@ def _report(doc: Any, kvp_filter: cimxml.KvpFilter, kvp_sources: frozenset[str])
             if isinstance(value, dict):
                 s = _Fields(value, f"section {name}", problems)
                 sections[str(name)[:64]] = Section(seconds=s.number("Seconds"), error=s.text("Error"))
+    os_version = host.text("OSVersion")
+    cluster_error = host.text("ClusterError")
+    if cluster_error:
+        problems.append(f"Host: failover cluster not readable: {cluster_error[:512]}")
+    vm_problems = _vm_problems(top, problems)
     vms: list[VM] = []
     seen_ids: set[str] = set()
     for index, entry in enumerate(top.array("VMs", MAX_VMS) or []):
         if not isinstance(entry, dict):
             problems.append(f"VM #{index}: not an object; skipped")
             continue
-        vm = _vm(entry, index, problems, kvp_filter, kvp_sources)
+        vm = _vm(entry, index, problems, kvp_filter, kvp_sources, os_version)
         if vm is None:
             continue
         if vm.id in seen_ids:
@@ -523,12 +580,14 @@ def _report(doc: Any, kvp_filter: cimxml.KvpFilter, kvp_sources: frozenset[str])
         host=HostInfo(
             computer_name=host.text("ComputerName"),
             os_caption=host.text("OSCaption"),
-            os_version=host.text("OSVersion"),
+            os_version=os_version,
             ui_culture=host.text("UICulture"),
+            cluster=host.text("Cluster") or None,
         ),
         vms=vms,
         sections=sections,
         clock_start=ticks_to_unix(doc.get("ClockStartTicks")),
         clock_end=ticks_to_unix(doc.get("ClockEndTicks")),
         problems=problems,
+        vm_problems=vm_problems,
     )

@@ -25,6 +25,7 @@ from hyperv_exporter import __version__, logutil
 from hyperv_exporter.sim.fleet import demo_fleet, load_fleet, with_password
 from hyperv_exporter.sim.generator import generate_fleet
 from hyperv_exporter.sim.host import SIM_WINRM, Simulator, exporter_config
+from hyperv_exporter.sim.replay import CaptureError, replay_fleet, runner_for
 from hyperv_exporter.yamlutil import YamlError
 
 log = logging.getLogger("hyperv_exporter.sim")
@@ -46,6 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--fleet.seed", dest="fleet_seed", metavar="N", type=int, default=1,
         help="Seed of --fleet.generate: the same seed gives the same fleet on every machine (default: 1).",
+    )  # fmt: skip
+    parser.add_argument(
+        "--replay", nargs="+", metavar="FILE",
+        help="Serve these capture files (deploy/windows/capture-collection.ps1) as hosts instead of a fleet file.",
     )  # fmt: skip
     parser.add_argument(
         "--listen", default="127.0.0.1", metavar="ADDRESS", help="Address the listeners bind to (default: 127.0.0.1)."
@@ -93,15 +98,20 @@ def write_exporter_config(path: str, urls: dict[str, str], password_file: str | 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logutil.setup_logging(args.log_level, args.log_format)
-    if args.fleet_file and args.fleet_generate:
-        print("error: --fleet.file and --fleet.generate exclude each other", file=sys.stderr)
+    if args.replay and args.fleet_file:
+        print("error: --replay and --fleet.file go separately", file=sys.stderr)
+        return 1
+    if args.fleet_generate and (args.fleet_file or args.replay):
+        print("error: --fleet.generate goes without --fleet.file and --replay", file=sys.stderr)
         return 1
     try:
-        if args.fleet_generate:
+        if args.replay:
+            fleet = replay_fleet(args.replay)
+        elif args.fleet_generate:
             fleet = generate_fleet(*args.fleet_generate, seed=args.fleet_seed)
         else:
             fleet = load_fleet(args.fleet_file) if args.fleet_file else demo_fleet()
-    except YamlError as exc:
+    except (YamlError, CaptureError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     password = os.environ.get(PASSWORD_ENV)
@@ -129,7 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (OSError, ssl.SSLError) as exc:
             print(f"error: cannot load the TLS certificate: {exc}", file=sys.stderr)
             return 1
-    simulator = Simulator(fleet, bind=args.listen, ssl_context=context)
+    simulator = Simulator(fleet, bind=args.listen, ssl_context=context, runner_factory=runner_for)
     try:
         simulator.start()
     except OSError as exc:

@@ -27,7 +27,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from hyperv_exporter import enums
+from hyperv_exporter.sim import tables
 from hyperv_exporter.sim.fleet import SimFleet, SimHost, SimVM, kvp_item
 
 # Weighted choices: (value, weight). Weights are rough shares of a production virtualisation estate.
@@ -176,15 +176,15 @@ def _services(rng: random.Random, running: bool, linux: bool) -> dict[str, dict[
     heartbeat service's status follows the VM's Heartbeat there)."""
     services: dict[str, dict[str, Any]] = {}
     if rng.random() < GUEST_SERVICE_INTERFACE_SHARE:
-        services[enums.GUEST_SERVICE_INTERFACE] = {"Enabled": True}
+        services[tables.GUEST_SERVICE_INTERFACE] = {"Enabled": True}
     if rng.random() < TIME_SYNC_DISABLED_SHARE:
-        services[enums.TIME_SYNCHRONIZATION] = {"Enabled": False}
+        services["time_synchronization"] = {"Enabled": False}
     if not running:
         return services
     if linux and rng.random() < LINUX_VSS_MISSING_SHARE:
-        services[enums.VSS] = {"PrimaryOperationalStatus": "NoContact"}
+        services["vss"] = {"PrimaryOperationalStatus": "NoContact"}
     if rng.random() < SERVICE_FAULT_SHARE:
-        service = rng.choice((enums.SHUTDOWN, enums.KEY_VALUE_PAIR_EXCHANGE, enums.VSS))
+        service = rng.choice(("shutdown", "key_value_pair_exchange", "vss"))
         services.setdefault(service, {})["PrimaryOperationalStatus"] = rng.choice(
             ("Degraded", "LostCommunication", "ProtocolMismatch", "Error")
         )

@@ -17,12 +17,13 @@ import gzip
 import logging
 import ssl
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 
 from hyperv_exporter import logutil
 from hyperv_exporter.host import script
+from hyperv_exporter.sim import scale
 from hyperv_exporter.sim.fleet import SimFleet, SimHost, to_ticks
 from hyperv_exporter.sim.ps51json import dumps
 from hyperv_exporter.sim.wsman import CommandResult, Shell, WSManEndpoint, clixml_error
@@ -81,12 +82,23 @@ def _encoded_command(tokens: list[str]) -> str | None:
     return None
 
 
+def encode_stdout(text: str, use_gzip: bool, codepage: int) -> bytes:
+    """The bytes collect.ps1 prints for its JSON ``text``: gzip + base64 with ``-Gzip``, else the text."""
+    if use_gzip:
+        # zlib's default level: .NET's GZipStream in CompressionMode.Compress uses CompressionLevel.Optimal,
+        # which its zlib-based Deflater maps to Z_DEFAULT_COMPRESSION (6), not Python's default 9.
+        return base64.b64encode(gzip.compress(text.encode("utf-8"), compresslevel=6, mtime=0))
+    # With the console code page left at 437, non-ASCII names come out as '?' on a real host.
+    return text.encode("utf-8" if codepage == 65001 else f"cp{codepage}", errors="replace")
+
+
 class HostRunner:
     """The CommandRunner for one simulated host."""
 
     def __init__(self, host: SimHost) -> None:
         self.host = host
         self.runs = 0
+        self.last_invocation: script.Invocation | None = None  # what the latest run was asked for
 
     def __call__(self, shell: Shell, command: str, arguments: list[str]) -> CommandResult:
         tokens = " ".join([command, *arguments]).split()
@@ -102,8 +114,8 @@ class HostRunner:
             text = script.decode_command(encoded) if encoded else ""
         except ValueError:
             text = ""
-        loader = script.parse_loader(text)
-        if loader is None:
+        invocation = script.parse_invocation(text)
+        if invocation is None:
             return CommandResult(
                 stderr=clixml_error(
                     "hyperv-sim: this simulated Hyper-V host runs only the hyperv-exporter collection script."
@@ -125,11 +137,13 @@ class HostRunner:
                 ),
                 exit_code=1,
             )
-        sections, use_gzip = loader
         self.runs += 1
-        return self.answer(sections, use_gzip, shell.codepage)
+        self.last_invocation = invocation
+        return self.answer(invocation.sections, invocation.gzip, shell.codepage, invocation.kvp_keys)
 
-    def answer(self, sections: list[str], use_gzip: bool, codepage: int) -> CommandResult:
+    def answer(
+        self, sections: list[str], use_gzip: bool, codepage: int, kvp_keys: Sequence[str] | None = None
+    ) -> CommandResult:
         host = self.host
         fault = host.output_fault
         started = time.time()
@@ -147,6 +161,9 @@ class HostRunner:
                 run_seconds=host.run_seconds,
             )
         doc = host.document(sections, started)
+        if kvp_keys is not None:
+            scale.filter_document_kvp(doc, kvp_keys)
+        host.migrate_after_run()  # a VM live-migrating between cluster nodes is on the other node next time
         if fault == "vm_section_error":
             doc["VMs"] = []
             doc["Sections"]["vm"]["Error"] = (
@@ -166,18 +183,25 @@ class HostRunner:
             text = '{"SchemaVersion":1,"VMs":[' + ",".join(['{"Name":"x"}'] * 400_000) + "]}"
         elif fault == "deep_nesting":
             text = '{"SchemaVersion":1,"VMs":' + "[" * 100_000 + "]" * 100_000 + "}"
-        encoding = "utf-8" if codepage == 65001 else f"cp{codepage}"
-        if fault == "cp1252":
-            encoding, use_gzip = "cp1252", False
         if fault == "zip_bomb":
             stdout = _zip_bomb()
-        elif use_gzip:
-            # zlib's default level: .NET's GZipStream in CompressionMode.Compress uses CompressionLevel.Optimal,
-            # which its zlib-based Deflater maps to Z_DEFAULT_COMPRESSION (6), not 9.
-            stdout = base64.b64encode(gzip.compress(text.encode("utf-8"), compresslevel=6, mtime=0))
+        elif fault == "cp1252":
+            stdout = text.encode("cp1252", errors="replace")
         else:
-            # With the console code page left at 437, non-ASCII names come out as '?' on a real host.
-            stdout = text.encode(encoding, errors="replace")
+            stdout = encode_stdout(text, use_gzip, codepage)
+        if host.max_memory_per_shell_mb:
+            peak = scale.MODEL.peak_bytes(
+                len(doc.get("VMs") or ()), scale.kvp_chars(doc), len(text), use_gzip, len(stdout) * 3 // 4
+            )
+            host.last_peak_memory_bytes = peak
+            if peak > host.max_memory_per_shell_mb * scale.MIB:
+                error = clixml_error(
+                    scale.OUT_OF_MEMORY,
+                    category_info="OperationStopped: (:) [], OutOfMemoryException",
+                    error_id="System.OutOfMemoryException",
+                    codepage=codepage,
+                )
+                return CommandResult(stderr=error, exit_code=1, run_seconds=host.run_seconds)
         if fault == "not_json":
             stdout = b"WARNING: something went wrong, and this is not JSON"
         elif fault == "truncated":
@@ -253,10 +277,12 @@ class Simulator:
     allow_unencrypted: bool = True
     endpoints: dict[str, WSManEndpoint] = field(default_factory=dict)
     runners: dict[str, HostRunner] = field(default_factory=dict)
+    # Builds each host's command runner; replayed captures bring their own (sim.replay.runner_for).
+    runner_factory: Callable[[SimHost], HostRunner] = HostRunner
 
     def start(self) -> None:
         for host in self.fleet.hosts:
-            runner = HostRunner(host)
+            runner = self.runner_factory(host)
             users = _HostUsers(host) if host.password is not None else None
             endpoint = WSManEndpoint(
                 runner,

@@ -1,7 +1,7 @@
 """Host facts and the host clock.
 
-hyperv_host_info{host_name="HV01",os_caption="Microsoft Windows Server 2022 Datacenter",
-                 os_version="10.0.20348",ui_culture="de-DE"} 1
+hyperv_host_info{cluster="HV-CLUSTER-01",host_name="HV01",os_caption="Microsoft Windows Server 2022 Datacenter",
+                 os_version="10.0.20348",ui_culture="de-DE"} 1      (cluster="" when not clustered)
 hyperv_host_time_offset_seconds 0.0021
 hyperv_host_time_offset_uncertainty_seconds 0.0009
 """
@@ -35,11 +35,21 @@ class HostCollector(Collector):
         host = ctx.report.host
         info = Family(
             "hyperv_host",
-            "Facts about the Hyper-V host (Win32_OperatingSystem Caption and Version, Get-UICulture).",
-            ("host_name", "os_caption", "os_version", "ui_culture"),
+            "Facts about the Hyper-V host (Win32_OperatingSystem Caption and Version: the build, Get-UICulture, "
+            "failover cluster name from MSCluster_Cluster, empty when not clustered).",
+            ("cluster", "host_name", "os_caption", "os_version", "ui_culture"),
             kind="info",
         )
-        info.add((host.computer_name or "", host.os_caption or "", host.os_version or "", host.ui_culture or ""), 1.0)
+        info.add(
+            (
+                host.cluster or "",
+                host.computer_name or "",
+                host.os_caption or "",
+                host.os_version or "",
+                host.ui_culture or "",
+            ),
+            1.0,
+        )
         families = [info]
         report, clock = ctx.report, ctx.clock
         if clock is not None and report.clock_start is not None and report.clock_end is not None:

@@ -1,11 +1,16 @@
 """Per-VM facts from Get-VM: state, heartbeat, uptime, integration services version.
 
-hyperv_vm_info{vm="web01",vm_id="8e3ece81-...",generation="2",config_version="9.0",
-               integration_services_version="10.0.17763.1"} 1
+hyperv_vm_info{vm="web01",vm_id="8e3ece81-...",clustered="false",config_version="9.0",generation="2",
+               guest_integration_services_version="10.0.17763.1",integration_services_version="0.0"} 1
 hyperv_vm_state{vm="web01",vm_id="8e3ece81-...",state="running"} 1      (one series per VMState, 30 in all)
 hyperv_vm_heartbeat{vm="web01",vm_id="8e3ece81-...",status="ok_applications_healthy"} 1   (9 per VM)
 hyperv_vm_integration_services_state{vm="web01",vm_id="8e3ece81-...",state="up_to_date"} 1 (3 per VM)
 hyperv_vm_uptime_seconds{vm="web01",vm_id="8e3ece81-..."} 311352.37
+hyperv_vm_integration_services_up_to_date{vm="web01",vm_id="8e3ece81-..."} 1   (absent without a basis)
+
+``integration_services_version`` is what Get-VM says (``0.0`` on 2016+ hosts);
+``guest_integration_services_version`` what the guest reports in its KVP intrinsic items. How
+``hyperv_vm_integration_services_up_to_date`` is decided per host generation: host.icversion.
 """
 
 from __future__ import annotations
@@ -31,8 +36,16 @@ class VMCollector(Collector):
         # Label names in sorted order, values passed in the same order: see collectors.base.VM_LABELS.
         info = Family(
             "hyperv_vm",
-            "Facts about a VM (Get-VM Generation, Version, IntegrationServicesVersion).",
-            ("config_version", "generation", "integration_services_version", *VM_LABELS),
+            "Facts about a VM (Get-VM Generation, Version, IsClustered, IntegrationServicesVersion: 0.0 on 2016+ "
+            "hosts; guest_integration_services_version: the KVP intrinsic item IntegrationServicesVersion).",
+            (
+                "clustered",
+                "config_version",
+                "generation",
+                "guest_integration_services_version",
+                "integration_services_version",
+                *VM_LABELS,
+            ),
             kind="info",
         )
         state = enum_gauge(
@@ -57,12 +70,20 @@ class VMCollector(Collector):
             enums.IS_STATES,
         )
         uptime = gauge("hyperv_vm_uptime_seconds", "Time since the VM was started (Get-VM Uptime); 0 when off.")
+        up_to_date = gauge(
+            "hyperv_vm_integration_services_up_to_date",
+            "1 when the VM's integration services are up to date, 0 when outdated; absent without a basis to judge. "
+            "2012/2012 R2 hosts: IntegrationServicesState; 2016+: the guest's KVP IntegrationServicesVersion "
+            "against its OSVersion (docs/alerts.md).",
+        )
         for vm in ctx.report.vms:
             labels = vm_labels(vm)
             info.add(
                 (
+                    "" if vm.is_clustered is None else ("true" if vm.is_clustered else "false"),
                     vm.version or "",
                     "" if vm.generation is None else str(vm.generation),
+                    vm.guest_integration_services_version or "",
                     vm.integration_services_version or "",
                     *labels,
                 ),
@@ -73,4 +94,6 @@ class VMCollector(Collector):
             is_state.set(labels, vm.integration_services_state)
             if vm.uptime_seconds is not None:
                 uptime.add(labels, vm.uptime_seconds)
-        return [info, state, heartbeat, is_state, uptime]
+            if vm.integration_services_up_to_date is not None:
+                up_to_date.add(labels, 1.0 if vm.integration_services_up_to_date else 0.0)
+        return [info, state, heartbeat, is_state, uptime, up_to_date]

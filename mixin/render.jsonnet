@@ -1,0 +1,2 @@
+// The shipped files: the mixin with its default _config.
+(import 'render.libsonnet')(import 'mixin.libsonnet')
