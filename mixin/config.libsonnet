@@ -9,6 +9,10 @@
     exporterSelector: 'job="hyperv-exporter"',
     // hyperv-guest-agent in the VMs.
     guestSelector: 'job="hyperv-guest"',
+    // windows_exporter on the Hyper-V hosts, with its hyperv collector enabled (optional: the
+    // recording rules in rules/ and the VM detail's "windows_exporter" row use it when it is scraped).
+    // Its instance, without the port, must be the host name the /probe job uses as instance.
+    windowsExporterSelector: 'job="windows"',
     // node_exporter on the guests that use textfile mode (deploy/systemd/hyperv-guest-agent-textfile.*).
     nodeExporterSelector: 'job="node"',
 

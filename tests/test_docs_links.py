@@ -43,9 +43,11 @@ def test_relative_links_resolve(doc: Path) -> None:
 def test_quick_start_is_still_the_two_commands() -> None:
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     section = readme.split("## Quick start", 1)[1].split("\n## ", 1)[0]
-    (block,) = re.findall(r"```sh\n(.*?)```", section, flags=re.S)
+    block, *next_steps = re.findall(r"```sh\n(.*?)```", section, flags=re.S)
     commands = [line.split("#")[0].strip() for line in block.splitlines() if line.strip()]
     assert commands == ["./scripts/demo.sh", "./scripts/test.sh"]
+    # The next step after the demo: the exporter from a configuration file against hyperv-sim.
+    assert any("hyperv-sim" in b and "--exporter-config" in b and "--config.file" in b for b in next_steps)
 
 
 def test_readme_leads_from_the_demo_to_each_deployment_step() -> None:

@@ -50,3 +50,11 @@ def test_generator_cli_check(tmp_path: Path) -> None:
     assert metricsdoc.main(["--check", str(stale)]) == 1
     assert metricsdoc.main(["--write", str(stale)]) == 0
     assert metricsdoc.main(["--check", str(stale)]) == 0
+
+
+def test_series_budget_per_running_vm() -> None:
+    """At most SERIES_BUDGET series per running VM on the demo fleet, every collector on (docs/metrics.md)."""
+    per_vm = metricsdoc.series_per_vm()
+    running = [n for is_running, n in per_vm.values() if is_running]
+    assert running, "the demo fleet has running VMs"
+    assert max(running) <= metricsdoc.SERIES_BUDGET, sorted(per_vm.items(), key=lambda kv: -kv[1][1])[:3]

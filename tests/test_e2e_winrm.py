@@ -33,8 +33,7 @@ def test_demo_serves_every_demo_vm_with_correct_labels(demo: Running) -> None:
             states = {
                 s.labels["state"]: s.value for s in samples if s.name == "hyperv_vm_state" and s.labels["vm"] == vm.name
             }
-            assert set(states) == set(enums.VM_STATES)
-            assert states[enums.snake(vm.props["State"])] == 1.0 and sum(states.values()) == 1.0
+            assert states == {enums.snake(vm.props["State"]): 1.0}  # one series per VM: the current state
             heartbeat = [
                 s for s in samples if s.name == "hyperv_vm_heartbeat" and s.labels["vm"] == vm.name and s.value == 1
             ]
@@ -42,7 +41,7 @@ def test_demo_serves_every_demo_vm_with_correct_labels(demo: Running) -> None:
             services = {
                 s.labels["service"]
                 for s in samples
-                if s.name == "hyperv_vm_integration_service_enabled" and s.labels["vm"] == vm.name
+                if s.name == "hyperv_vm_integration_service_status" and s.labels["vm"] == vm.name
             }
             expected = set(enums.SERVICES) - (
                 set() if host.has_guest_service_interface() else {"guest_service_interface"}
@@ -65,7 +64,7 @@ def test_steady_state_is_three_http_requests_on_one_shell(stack: Stack) -> None:
 
 def test_localized_host_and_non_ascii_names(stack: Stack) -> None:
     samples = stack.probe("HV-BERLIN-01")
-    assert sample(samples, "hyperv_vm_integration_service_ok", vm="Büro-Server", service="heartbeat") == 1.0
+    assert sample(samples, "hyperv_vm_integration_service_status", vm="Büro-Server", service="heartbeat", status="ok") == 1.0
     assert sample(samples, "hyperv_vm_info", vm="会計") == 1.0
     assert sample(samples, "hyperv_host_info", ui_culture="de-DE") == 1.0
 
@@ -79,7 +78,7 @@ def test_vm_changes_show_up_in_the_next_probe(stack: Stack) -> None:
     vm.set_service("vss", Enabled=False)
     samples = stack.probe("HV-LONDON-01")
     assert sample(samples, "hyperv_vm_heartbeat", vm="web01", status="lost_communication") == 1.0
-    assert sample(samples, "hyperv_vm_integration_service_enabled", vm="web01", service="vss") == 0.0
+    assert sample(samples, "hyperv_vm_integration_service_status", vm="web01", service="vss", status="disabled") == 1.0
 
 
 def test_host_clock_offset_is_measured_within_its_uncertainty(stack: Stack) -> None:

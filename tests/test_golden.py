@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 
@@ -80,7 +81,7 @@ def test_golden_content_for_every_demo_vm() -> None:
     assert 'hyperv_vm_state{state="saved",vm="jumpbox"' in london
     assert "hyperv_host_time_offset_seconds" in london
     berlin = (GOLDEN / "demo-berlin.prom").read_text(encoding="utf-8")
-    assert 'hyperv_vm_integration_service_enabled{service="guest_service_interface",vm="Web-Proxy"' in berlin
+    assert 'hyperv_vm_integration_service_status{service="guest_service_interface",status="ok",vm="Web-Proxy"' in berlin
     assert 'vm="会計"' in berlin and 'vm="Büro-Server"' in berlin
     assert 'hyperv_vm_kvp_info{key="OSName",source="guest_intrinsic",value="Ubuntu",vm="Datenbank-01"' in berlin
     assert "ProvisioningToken" not in berlin and "tok-9f3a27c1e5b84d0a" not in berlin
@@ -93,7 +94,8 @@ def test_golden_content_for_every_demo_vm() -> None:
     assert 'hyperv_collector_vm_problems{collector="integration_services"} 1.0' in node_a
     assert 'hyperv_collector_vm_problems{collector="checkpoints"} 1.0' in node_a
     assert 'hyperv_collector_success{collector="checkpoints"} 1.0' in node_a
-    assert 'service="heartbeat",vm="vm-vanishing"' not in node_a
+    assert 'service="heartbeat",status=' in node_a and 'vm="vm-vanishing",vm_id' in node_a
+    assert not re.search(r'service="heartbeat",status="[^"]*",vm="vm-vanishing"', node_a)
     assert 'hyperv_vm_integration_services_up_to_date{vm="app-migrating",' in node_a
     assert (
         'clustered="true",config_version="9.0",generation="2",guest_integration_services_version="10.0.20348.1",integration_services_version="0.0",vm="app-migrating"'
@@ -110,4 +112,4 @@ def test_golden_content_for_every_demo_vm() -> None:
         in muenchen
     )
     assert 'hyperv_vm_integration_services_up_to_date{vm="Firewall-Appliance"' not in muenchen
-    assert 'service="heartbeat",vm="Altsystem"' in muenchen and 'vm="Firewall-Appliance",vm_id' in muenchen
+    assert 'service="heartbeat",status="ok",vm="Altsystem"' in muenchen and 'vm="Firewall-Appliance",vm_id' in muenchen

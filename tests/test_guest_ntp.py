@@ -470,3 +470,70 @@ def test_timesyncd_fallback_and_cap(tmp_path: Path) -> None:
 
 def test_no_configuration_means_no_servers(tmp_path: Path) -> None:
     assert ntpconf.system_servers(Root(tmp_path), limit=8) == []
+
+
+# --- background measurement and quick retries (issue 14: first /metrics took 4 s, a failed first
+# query kept ntp_up 0 for 64 s) ------------------------------------------------------------------
+class ScriptedMeasure:
+    """measure_fn that answers from a script of outcomes (True: a valid sample) and counts calls."""
+
+    def __init__(self, outcomes: list[bool]) -> None:
+        self.outcomes = outcomes
+        self.calls = 0
+
+    def __call__(self, server: NtpServer, options: MeasureOptions) -> ntp.Measurement:
+        ok = self.outcomes[min(self.calls, len(self.outcomes) - 1)]
+        self.calls += 1
+        sample = ntp.Sample(0.001, 0.002, 2, 0, 0.0, 0.0) if ok else None
+        return ntp.Measurement(server, sample, 1, 1 if ok else 0, reason="" if ok else "timeout")
+
+
+def test_failed_measurement_is_retried_soon_with_doubling_back_off() -> None:
+    server = NtpServer("ntp.example", 123)
+    clock = FakeClock()
+    measure = ScriptedMeasure([False, False, True, False])
+    monitor = NtpMonitor([server], FAST, min_interval=64, measure_fn=measure, clock=clock, jitter=lambda: 0.0)
+    try:
+        assert monitor.collect(wait_bound=2, block=True)[0].interval_seconds == ntp.RETRY_START_SECONDS
+        clock.now += 4.5
+        assert monitor.collect(wait_bound=2, block=True)[0].interval_seconds == 2 * ntp.RETRY_START_SECONDS
+        clock.now += 8.5
+        good = monitor.collect(wait_bound=2, block=True)[0]
+        assert good.last is not None and good.last.ok and good.interval_seconds == 64
+        clock.now += 65
+        assert monitor.collect(wait_bound=2, block=True)[0].interval_seconds == ntp.RETRY_START_SECONDS
+        assert measure.calls == 4
+    finally:
+        monitor.close()
+
+
+def test_background_monitor_never_makes_a_scrape_wait(monkeypatch: pytest.MonkeyPatch) -> None:
+    server = NtpServer("ntp.example", 123)
+    release = threading.Event()
+    measure = ScriptedMeasure([False, True])
+
+    def slow_measure(srv: NtpServer, options: MeasureOptions) -> ntp.Measurement:
+        release.wait(30)
+        return measure(srv, options)
+
+    def no_waiting(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a scrape waited for NTP")
+
+    monkeypatch.setattr(ntp, "wait_futures", no_waiting)
+    monitor = NtpMonitor([server], FAST, min_interval=3600, measure_fn=slow_measure, retry_start=0.05)
+    try:
+        monitor.start()
+        first = monitor.collect(wait_bound=600)[0]  # the measurement is still running: served at once
+        assert first.last is None
+        release.set()
+        # The first measurement fails; the scheduler retries after retry_start, not after min_interval.
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            snap = monitor.collect(wait_bound=600)[0]
+            if snap.last is not None and snap.last.ok:
+                break
+            time.sleep(0.02)
+        assert snap.last is not None and snap.last.ok, snap
+        assert measure.calls == 2
+    finally:
+        monitor.close()

@@ -124,6 +124,10 @@ def test_landing_page_screenshot(probed_demo: Running, tmp_path: Path, monkeypat
         result.started = PINNED_START + 15 * index
         result.duration = 0.05 + 0.01 * index
     monkeypatch.setattr(landing.time, "localtime", time.gmtime)
+    # ... and the simulated hosts' ports (free ports, new every run), shown as the WinRM endpoints.
+    endpoints = probed_demo.app.config.modules["default"].endpoints
+    for index, host in enumerate(sorted(endpoints)):
+        monkeypatch.setitem(endpoints, host, f"http://127.0.0.1:{45985 + index}/wsman")  # type: ignore[index]
     shot = tmp_path / "landing.png"
     started = time.monotonic()
     proc = chromium(

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from promstack import REPO, promtool_binary, run_tool
+from promstack import REPO, dashboard_files, load_dashboard, panels, promtool_binary, run_tool
 
 SCRIPT = REPO / "scripts" / "render-mixin.py"
 
@@ -84,3 +84,43 @@ def test_config_reaches_every_rule(tmp_path: Path) -> None:
     assert "on (cluster, instance, job, vm_id)" in text
     assert "by (cluster, vm_id)" in text
     assert "on (instance" not in text and "by (vm_id" not in text
+
+
+def test_fleet_overview_vm_cells_link_to_vm_detail_and_time_drift() -> None:
+    """Every table of the fleet overview with a VM column links that VM to both drill-down dashboards."""
+    dashboard = load_dashboard(REPO / "dashboards" / "hyperv-fleet-overview.json")
+    uids = {load_dashboard(p)["uid"] for p in dashboard_files()}
+    tables = [p for p in panels(dashboard) if p["type"] == "table"]
+    linked = 0
+    for table in tables:
+        renames = [t["options"].get("renameByName", {}) for t in table.get("transformations", []) if t["id"] == "organize"]
+        vm_column = next((r["vm"] for r in renames if "vm" in r), None)
+        if vm_column is None:
+            continue
+        (override,) = [o for o in table["fieldConfig"]["overrides"] if o["matcher"]["options"] == vm_column]
+        (links,) = [p["value"] for p in override["properties"] if p["id"] == "links"]
+        urls = [link["url"] for link in links]
+        assert urls[0].startswith("/d/hyperv-vm-detail/") and "var-vm=${__value.raw}" in urls[0], urls
+        assert "var-host=${__data.fields[" in urls[0] and "${__url_time_range}" in urls[0]
+        assert urls[1].startswith("/d/hyperv-time-drift/") and "var-vm=${__value.raw}" in urls[1], urls
+        assert {u.split("/")[2] for u in urls} <= uids
+        linked += 1
+    assert linked >= 4, "Integration services version, Guest Service Interface, Replication, Checkpoints, alerts"
+
+
+def test_fleet_overview_has_the_exporter_health_row() -> None:
+    dashboard = load_dashboard(REPO / "dashboards" / "hyperv-fleet-overview.json")
+    titles = [p["title"] for p in panels(dashboard)]
+    assert "Exporter health" in titles
+    assert {"Exporter up", "Probe errors by reason", "Probe duration", "Collector success"} <= set(titles)
+    exprs = " ".join(t["expr"] for p in panels(dashboard) for t in p.get("targets", []))
+    assert 'up{job="hyperv-exporter"}' in exprs and "hyperv_exporter_probe_errors_total" in exprs
+
+
+def test_recording_rules_check_and_unit_tests() -> None:
+    """rules/hyperv-recording.yml (windows_exporter's per-VM series with this exporter's labels)."""
+    rules = REPO / "rules" / "hyperv-recording.yml"
+    checked = run_tool([promtool_binary(), "check", "rules", str(rules)])
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    tested = run_tool([promtool_binary(), "test", "rules", "hyperv-recording.test.yml"], cwd=REPO / "tests" / "recording")
+    assert tested.returncode == 0, tested.stdout + tested.stderr

@@ -176,4 +176,4 @@ def test_a_thousand_vm_host_renders_exactly_like_generate_latest() -> None:
     rendered = output.text.encode()
     assert rendered == generate_latest_of([f.to_metric() for f in output.families])
     assert rendered == exposition.render(result, 9.5)
-    assert rendered.count(b"\n") > 70_000
+    assert rendered.count(b"\n") > 20_000  # ~22 series per VM since the series budget (docs/metrics.md)

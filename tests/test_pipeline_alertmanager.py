@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -109,6 +111,11 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
         yield Pipeline(exporter, fleet, prometheus, alertmanager, webhook)
 
 
+def exporter_address(pipeline: Pipeline) -> str:
+    """The probe job's ``exporter`` label (examples/prometheus/prometheus.yml): the exporter's host:port."""
+    return pipeline.exporter.server.urls[0].removeprefix("http://")
+
+
 def delivered(webhook: WebhookReceiver, status: str, **labels: str) -> list[tuple[str, dict[str, Any]]]:
     """Notified alerts with this status whose labels include ``labels``, as (receiver path, alert)."""
     return [
@@ -146,7 +153,7 @@ def test_lost_heartbeat_is_paged_and_resolved(pipeline: Pipeline) -> None:
         )
         path, alert = firing[0]
         assert path == "/pager", "critical alerts go to the pager receiver"
-        assert alert["labels"] == HEARTBEAT_LOST["labels"]
+        assert alert["labels"] == HEARTBEAT_LOST["labels"] | {"exporter": exporter_address(pipeline)}
         assert alert["annotations"] == HEARTBEAT_LOST["annotations"]
         assert not delivered(webhook, "resolved", vm="web01")
 
@@ -161,7 +168,7 @@ def test_lost_heartbeat_is_paged_and_resolved(pipeline: Pipeline) -> None:
         )
         path, alert = resolved[0]
         assert path == "/pager"
-        assert alert["labels"] == HEARTBEAT_LOST["labels"]
+        assert alert["labels"] == HEARTBEAT_LOST["labels"] | {"exporter": exporter_address(pipeline)}
         assert alert["annotations"] == HEARTBEAT_LOST["annotations"]
     finally:
         web01.set(Heartbeat="OkApplicationsHealthy")
@@ -189,3 +196,66 @@ def test_routing_by_severity(pipeline: Pipeline) -> None:
     wait_for(lambda: webhook.alerts("/pager"), 60, "a critical notification", on_timeout=logs)
     delivered_pairs = {(path, alert["labels"]["severity"]) for path, alert in webhook.alerts()}
     assert delivered_pairs == {("/pager", "critical"), ("/ticket", "warning")}
+
+
+DOWN_ALERTS = {"HyperVExporterDown", "HyperVExporterTargetDown", "HyperVCollectorFailing"}
+
+
+def test_dead_exporter_pages_once(tmp_path: Path) -> None:
+    """Kill the exporter with 4 hosts configured: 1 notification (HyperVExporterDown), not 1 + 4.
+
+    The 4 HyperVExporterTargetDown alerts do fire in Prometheus; the shipped inhibit rule (equal on
+    the probe job's ``exporter`` label) keeps them from Alertmanager's receivers.
+    """
+    with contextlib.ExitStack() as stack:
+        exporter = start(build_parser().parse_args(["--demo", "--web.listen-address", "127.0.0.1:0"]))
+        stack.callback(exporter.stop)
+        hosts = [h.computer_name for h in exporter.simulator.fleet.hosts][:4]
+        assert len(hosts) == 4
+        webhook = stack.enter_context(WebhookReceiver())
+        alertmanager = stack.enter_context(
+            Alertmanager(tmp_path / "alertmanager", alertmanager_config_for_test(webhook.url))
+        )
+        config = prometheus_config_for_test(
+            exporter=exporter.server.urls[0].removeprefix("http://"),
+            hosts=hosts,
+            guests=[],
+            rule_paths=write_rules_with_for(tmp_path / "rules", "2s"),
+            alertmanager=f"127.0.0.1:{alertmanager.port}",
+        )
+        prometheus = stack.enter_context(
+            Prometheus(tmp_path / "prometheus", config, extra_flags=("--rules.alert.resend-delay=1s",))
+        )
+
+        def logs() -> str:
+            return f"{prometheus.log_tail()}\n{alertmanager.log_tail()}"
+
+        wait_for(lambda: len(prometheus.query("hyperv_up == 1")) == 4, 60, "4 hosts probed", on_timeout=logs)
+        exporter.stop()
+        killed = len(webhook.received())
+
+        def firing_in_prometheus() -> list[str] | None:
+            names = sorted(a["alertname"] for a in prometheus.firing() if a["alertname"] in DOWN_ALERTS)
+            return names if names == ["HyperVExporterDown"] + ["HyperVExporterTargetDown"] * 4 else None
+
+        wait_for(firing_in_prometheus, 60, "1 HyperVExporterDown and 4 HyperVExporterTargetDown", on_timeout=logs)
+
+        def inhibited_in_alertmanager() -> bool:
+            targets = [a for a in alertmanager.alerts() if a["labels"]["alertname"] == "HyperVExporterTargetDown"]
+            return len(targets) == 4 and all(
+                a["status"]["state"] == "suppressed" and a["status"]["inhibitedBy"] for a in targets
+            )
+
+        wait_for(inhibited_in_alertmanager, 60, "the 4 per-host alerts inhibited", on_timeout=logs)
+        wait_for(
+            lambda: delivered(webhook, "firing", alertname="HyperVExporterDown"), 60, "the page", on_timeout=logs
+        )
+        time.sleep(3)  # 3 group intervals: anything not inhibited would have been sent by now
+        pages = [
+            payload
+            for _, payload in webhook.received()[killed:]
+            if payload["status"] == "firing"
+            and any(a["labels"]["alertname"] in DOWN_ALERTS for a in payload["alerts"])
+        ]
+        assert len(pages) == 1, pages
+        assert {a["labels"]["alertname"] for a in pages[0]["alerts"]} == {"HyperVExporterDown"}

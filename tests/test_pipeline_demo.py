@@ -20,6 +20,7 @@ expands, every dashboard variable resolves, and every dashboard query parses and
 from __future__ import annotations
 
 import errno
+import http.server
 import re
 import socket
 import struct
@@ -39,6 +40,7 @@ from hyperv_exporter.host.cli import Running, build_parser, start
 from hyperv_exporter.web import WebServer
 from promstack import (
     GRAFANA_BUILTINS,
+    REPO,
     Prometheus,
     alerting_rules,
     dashboard_files,
@@ -248,6 +250,51 @@ def start_guest(root: Path, spec: GuestSpec, ntp_servers: list[str]) -> Guest:
     return Guest(spec, server, agent)
 
 
+# --- windows_exporter --------------------------------------------------------------------------------
+WINDOWS_FIXTURE = REPO / "tests" / "fixtures" / "windows_exporter" / "hv-berlin-01.prom"
+RECORDING_RULES = REPO / "rules" / "hyperv-recording.yml"
+
+
+class FixtureServer:
+    """Serves one exposition file on /metrics, as the exporter it was taken from would."""
+
+    def __init__(self, path: Path) -> None:
+        body = path.read_bytes()
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.address = f"127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_windows_exporter_series_join_the_exporters_vms(stack: DemoStack) -> None:
+    """The recording rules give windows_exporter's per-VM series this exporter's instance and vm."""
+    for record in ("cpu_usage_cores", "network_receive_bytes", "network_transmit_bytes", "disk_read_bytes",
+                   "disk_write_bytes"):  # fmt: skip
+        joined = stack.prometheus.query(
+            f"instance_vm:windows_hyperv_vm_{record}:rate5m"
+            ' * on (instance, vm) group_left () max by (instance, vm) (hyperv_vm_info{job="hyperv"})'
+        )
+        assert {(s["metric"]["instance"], s["metric"]["vm"]) for s in joined} >= {
+            ("HV-BERLIN-01", "Datenbank-01"), ("HV-BERLIN-01", "Büro-Server")
+        }, record
+
+
 # --- the stack -----------------------------------------------------------------------------------
 @dataclass
 class DemoStack:
@@ -277,12 +324,23 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoStack]:
             stops.append(guest.stop)
             guests.append(guest)
         dead_guest = closed_tcp_address()
-        rules = write_rules_with_for(work / "rules", "0s")
+        rules = [*write_rules_with_for(work / "rules", "0s"), RECORDING_RULES]
         config = prometheus_config_for_test(
             exporter=exporter.server.urls[0].removeprefix("http://"),
             hosts=hosts,
             guests=[g.address for g in guests] + [dead_guest],
             rule_paths=rules,
+        )
+        # windows_exporter on HV-BERLIN-01 (a fixture exposition of its hyperv collector), scraped the
+        # way docs/deployment.md#windows_exporter shows: its instance is the host name plus its port.
+        windows = FixtureServer(WINDOWS_FIXTURE)
+        stops.append(windows.stop)
+        config["scrape_configs"].append(
+            {
+                "job_name": "windows",
+                "static_configs": [{"targets": [windows.address]}],
+                "relabel_configs": [{"target_label": "instance", "replacement": "HV-BERLIN-01:9182"}],
+            }
         )
         prometheus = Prometheus(work / "prometheus", config)
         prometheus.start()
@@ -349,9 +407,10 @@ def test_demo_fleet_raises_exactly_the_expected_alerts(stack: DemoStack) -> None
         ("HyperVVMApplicationsCritical", "critical", "HV-LONDON-01", "app-critical", ""),
         ("HyperVIntegrationServiceDisabled", "warning", "HV-DUBLIN-01", "file-sync", "time_synchronization"),
         ("HyperVIntegrationServiceUnhealthy", "warning", "HV-DUBLIN-01", "file-sync", "vss"),
-        # On 2012 R2 the (German) host judges; legacy-app on the 2019 host is judged only by
-        # hyperv_vm_integration_services_up_to_date, which the current rule does not read yet (h14).
+        # From hyperv_vm_integration_services_up_to_date: on 2012 R2 the (German) host judges by
+        # the state; legacy-app on the 2019 host by its guest's reported version (docs/alerts.md).
         ("HyperVIntegrationServicesOutdated", "warning", "HV-MUENCHEN-01", "Altsystem", ""),
+        ("HyperVIntegrationServicesOutdated", "warning", "HV-LONDON-01", "legacy-app", ""),
         # No integration components: the heartbeat service never hears from the guest.
         ("HyperVVMHeartbeatLost", "critical", "HV-MUENCHEN-01", "Firewall-Appliance", ""),
         ("HyperVGuestServiceInterfaceEnabled", "info", "HV-BERLIN-01", "Web-Proxy", "guest_service_interface"),
@@ -399,8 +458,8 @@ def test_annotation_templates_expand_on_real_data(stack: DemoStack) -> None:
     # Descriptions that look up other series found them.
     (unhealthy,) = by_name["HyperVIntegrationServiceUnhealthy"]
     assert "its status is no_contact" in unhealthy["annotations"]["description"]
-    (outdated,) = by_name["HyperVIntegrationServicesOutdated"]
-    assert "runs integration services 6.1.7601.17514" in outdated["annotations"]["description"]
+    outdated = {a["labels"]["vm"]: a["annotations"]["description"] for a in by_name["HyperVIntegrationServicesOutdated"]}
+    assert "runs integration services 6.1.7601.17514" in outdated["Altsystem"]
     (daemon,) = by_name["HyperVGuestDaemonDown"]
     assert "VM Datenbank-01" in daemon["annotations"]["description"]
     assert "on Hyper-V host HV-BERLIN-01" in daemon["annotations"]["description"]

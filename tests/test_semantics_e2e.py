@@ -38,10 +38,10 @@ def test_a_vm_that_vanishes_mid_probe_loses_only_its_own_data(stack: Stack) -> N
     assert sample(samples, "hyperv_collector_success", collector="integration_services") == 1.0
     # The vanished VM keeps what Get-VM said about it, and nothing from the later cmdlets.
     assert sample(samples, "hyperv_vm_state", vm="vm-vanishing", state="running") == 1.0
-    assert not [k for k in samples if k[0] == "hyperv_vm_integration_service_ok" and ("vm", "vm-vanishing") in k[1]]
+    assert not [k for k in samples if k[0] == "hyperv_vm_integration_service_status" and ("vm", "vm-vanishing") in k[1]]
     assert sample(samples, "hyperv_vm_checkpoints", vm="vm-vanishing") is None
     # The other VMs of the same sections are intact.
-    assert sample(samples, "hyperv_vm_integration_service_ok", vm="cluster-sql", service="heartbeat") == 1.0
+    assert sample(samples, "hyperv_vm_integration_service_status", vm="cluster-sql", service="heartbeat", status="ok") == 1.0
     assert sample(samples, "hyperv_vm_checkpoints", vm="cluster-sql") == 1.0
 
 
@@ -51,7 +51,7 @@ def test_a_vm_without_integration_components(stack: Stack) -> None:
     assert sample(samples, "hyperv_vm_heartbeat", vm="Firewall-Appliance", status="no_contact") == 1.0
     assert sample(samples, "hyperv_vm_info", vm="Firewall-Appliance", integration_services_version="") == 1.0
     assert sample(samples, "hyperv_vm_integration_services_up_to_date", vm="Firewall-Appliance") is None
-    assert sample(samples, "hyperv_vm_integration_service_ok", vm="Altsystem", service="heartbeat") == 1.0
+    assert sample(samples, "hyperv_vm_integration_service_status", vm="Altsystem", service="heartbeat", status="ok") == 1.0
     assert sample(samples, "hyperv_collector_vm_problems", collector="checkpoints") == 0.0
 
 

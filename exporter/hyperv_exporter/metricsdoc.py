@@ -33,6 +33,7 @@ from pathlib import Path
 from prometheus_client.core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
+from hyperv_exporter import enums
 from hyperv_exporter.host import cimxml, exposition, report
 from hyperv_exporter.host.collectors import COLLECTORS, sections_for
 from hyperv_exporter.host.collectors.base import ClockExchange
@@ -209,6 +210,58 @@ def _table(docs: dict[str, FamilyDoc], with_values: bool = True) -> list[str]:
     return lines
 
 
+SERIES_BUDGET = 25  # series per running VM in the default module (issue: operator-grade alerts and dashboards)
+
+
+def series_per_vm() -> dict[tuple[str, str], tuple[bool, int]]:
+    """(host, vm_id) -> (running, number of /probe series of that VM), over the demo fleet, all collectors.
+
+    By host and VM: a replica pair has one vm_id on two hosts, and each side is a VM of its own host.
+    """
+    counts: dict[tuple[str, str], int] = {}
+    running: set[tuple[str, str]] = set()
+    for result in demo_results():
+        for metric in _rendered(result):
+            for sample in metric.samples:
+                if "vm_id" not in sample.labels:
+                    continue
+                key = (result.target, sample.labels["vm_id"])
+                counts[key] = counts.get(key, 0) + 1
+                if sample.name == "hyperv_vm_state" and sample.labels.get("state") in enums.VM_RUNNING_STATES:
+                    running.add(key)
+    return {vm_id: (vm_id in running, n) for vm_id, n in counts.items()}
+
+
+def series_budget_markdown() -> list[str]:
+    per_vm = series_per_vm()
+    running = sorted(n for is_running, n in per_vm.values() if is_running)
+    total = sum(n for _, n in per_vm.values())
+    return [
+        "## Series budget",
+        "",
+        f"At most {SERIES_BUDGET} series per running VM with every collector on, measured on the demo fleet "
+        "when this page was generated:",
+        "",
+        "| VMs | running VMs | per-VM series in all | per running VM: mean | per running VM: max |",
+        "|---|---|---|---|---|",
+        f"| {len(per_vm)} | {len(running)} | {total} | {sum(running) / max(len(running), 1):.1f} "
+        f"| {max(running, default=0)} |",
+        "",
+        "The VM enumerations (`hyperv_vm_state`, `hyperv_vm_heartbeat`, `hyperv_vm_integration_services_state`,",
+        "`hyperv_vm_replication_mode`, `hyperv_vm_replication_health`) are one series per VM whose label holds",
+        "the current value (value 1), not one 0/1 series per possible value: 30 states, 9 heartbeat statuses",
+        "and 34 replication values per VM were 70 of the former 73-79 series per VM, and the alerts and",
+        "dashboards only ever ask `{state=\"running\"} == 1`-style questions, which read the same. Prometheus'",
+        "guidance (instrumentation practices: a label per state, one series each, is fine while the states",
+        "are few) and windows_exporter's practice (one series per object for a many-valued state) both point",
+        "away from a 30-value one-hot family per VM. A VM that changes state starts a new series and ends the",
+        "old one; VM state changes are rare. Integration services are one series per VM and service:",
+        "`status` is `disabled` or the service's operational status. The full one-hot form is not offered:",
+        "nothing in the alerts or dashboards needs the zeros (a \"not running\" question is",
+        "`unless ... {state=\"running\"}`), and it would cost 30 series per VM again.",
+    ]
+
+
 # What each Hyper-V host generation lets the exporter know about integration services (host.icversion).
 IC_GENERATIONS = [
     "### Integration services per host generation",
@@ -243,8 +296,10 @@ def render_markdown() -> str:
         "families are what the collectors produce for the demo fleet, the others come from the exporter's",
         "and the agent's own registries. Types are as in the text exposition format (an info metric is a",
         "gauge whose value is always 1 and whose labels carry the information). Label values listed for",
-        "enumerations are those that occur in the demo fleet; enumerations are exported as the full set",
-        "of states, one series each, with the value 1 for the current one.",
+        "enumerations are those that occur in the demo fleet; an enumeration is one series per VM whose",
+        "label holds the current value, with the value 1 (see the series budget below).",
+        "",
+        *series_budget_markdown(),
         "",
         "None of the `/probe` series carries a `host` or `instance` label: Prometheus adds `instance`",
         "(the probed host) from the scrape target. `vm` is the VM name and `vm_id` its GUID (lower case);",
@@ -270,7 +325,11 @@ def render_markdown() -> str:
         "## /metrics: the exporter itself",
         "",
         "Never on `/probe`, where only the host's data belongs. The process and Python series below",
-        "come from client_python's standard collectors.",
+        "come from client_python's standard collectors. There are no `*_created` series: client_python's",
+        "per-counter creation timestamps are switched off (nothing reads them; Go exporters do not expose them).",
+        "",
+        "Both programs answer `/probe` and `/metrics` in OpenMetrics 1.0 when the scraper's `Accept` header",
+        "asks for `application/openmetrics-text` (Prometheus does), else in the text format 0.0.4.",
         "",
         *_table(own, with_values=False),
         "",

@@ -18,8 +18,11 @@
         rules: [
           {
             alert: "HyperVExporterDown",
+            // The exporter's address also as label `exporter`: the probe job's series carry it
+            // (examples/prometheus/prometheus.yml), so Alertmanager can inhibit the per-host alerts
+            // of this exporter (inhibit_rules in examples/alertmanager/alertmanager.yml).
             expr: |||
-              up{%(exporterSelector)s} == 0
+              label_replace(up{%(exporterSelector)s} == 0, "exporter", "$1", "instance", "(.*)")
             ||| % $._config,
             'for': "5m",
             labels: { severity: "critical" },

@@ -17,7 +17,8 @@
           HyperVGuestAgentDown remembers a guest's vm_id for 1 day (last_over_time(...[1d])) so that a
           VM that has been shut down on purpose does not alert; a guest off for longer does.
 
-          Selectors: job="hyperv-guest" is the guest agent job (examples/prometheus/prometheus.yml).
+          Selectors: job="hyperv-guest" is the guest agent job (examples/prometheus/prometheus.yml);
+          job="node" the node_exporter that publishes the agent's file in textfile mode.
         |||,
         rules: [
           {
@@ -28,7 +29,7 @@
               (
                 max by (instance, job, vm_id) (last_over_time(hyperv_guest_host_info[1d]))
                 * on (vm_id) group_left ()
-                (max by (vm_id) (hyperv_vm_state{state="running"}) == 0)
+                (max by (vm_id) (hyperv_vm_state) unless on (vm_id) (hyperv_vm_state{state="running"} == 1))
               )
             ||| % $._config,
             'for': "5m",
@@ -47,7 +48,7 @@
               * on (instance, job) group_left (vm_id, vm_name) hyperv_guest_host_info
               and on (vm_id, service)
               max by (vm_id, service) (
-                (hyperv_vm_integration_service_enabled{service=~"key_value_pair_exchange|vss|guest_service_interface"} == 1)
+                (hyperv_vm_integration_service_status{service=~"key_value_pair_exchange|vss|guest_service_interface", status!="disabled"} == 1)
                 and on (instance, job, vm_id) (hyperv_vm_state{state="running"} == 1)
               )
             |||,
@@ -59,6 +60,22 @@
               runbook_url: $._config.runbookURLBase + "HyperVGuestDaemonDown.md",
             },
             threshold:: "KVP/VSS/file-copy daemon not running while the host enables the service",
+          },
+          {
+            alert: "HyperVGuestTextfileStale",
+            // node_exporter labels the file by its base name (older releases) or its full path
+            // (releases that read several directories): match both.
+            expr: |||
+              time() - node_textfile_mtime_seconds{%(nodeExporterSelector)s, file=~"(.*/)?hyperv_guest[.]prom"} > %(textfileMaxAgeSeconds)s
+            ||| % $._config,
+            'for': "5m",
+            labels: { severity: "warning" },
+            annotations: {
+              summary: "The guest agent's textfile is not being rewritten.",
+              description: "node_exporter on {{ $labels.instance }} reads {{ $labels.file }}, last rewritten {{ $value | humanizeDuration }} ago: hyperv-guest-agent in textfile mode (hyperv-guest-agent-textfile.timer) no longer runs, so the guest's clock and integration daemons are reported from old data.",
+              runbook_url: $._config.runbookURLBase + "HyperVGuestTextfileStale.md",
+            },
+            threshold:: "node_textfile_mtime_seconds of hyperv_guest.prom older than %(textfileMaxAgeSeconds)s s" % $._config,
           },
         ],
       },

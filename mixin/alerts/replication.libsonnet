@@ -31,7 +31,7 @@
             labels: { severity: "critical" },
             annotations: {
               summary: "Hyper-V Replica health of a VM is critical.",
-              description: "Replication of VM {{ $labels.vm }} from Hyper-V host {{ $labels.instance }} is critical (state {{ with printf \"hyperv_vm_replication_state{instance=%q,job=%q,vm_id=%q} == 1\" $labels.instance $labels.job $labels.vm_id | query }}{{ . | first | label \"state\" }}{{ else }}unknown{{ end }}): changes no longer reach the replica server.",
+              description: "Replication of VM {{ $labels.vm }} from Hyper-V host {{ $labels.instance }} is critical (state {{ $labels.state }}): changes no longer reach the replica server.",
               runbook_url: $._config.runbookURLBase + "HyperVReplicationUnhealthy.md",
             },
             threshold:: "replication health critical",
@@ -47,7 +47,7 @@
             labels: { severity: "warning" },
             annotations: {
               summary: "Hyper-V Replica health of a VM is degraded.",
-              description: "Replication of VM {{ $labels.vm }} from Hyper-V host {{ $labels.instance }} is in warning (state {{ with printf \"hyperv_vm_replication_state{instance=%q,job=%q,vm_id=%q} == 1\" $labels.instance $labels.job $labels.vm_id | query }}{{ . | first | label \"state\" }}{{ else }}unknown{{ end }}): replication cycles are being missed.",
+              description: "Replication of VM {{ $labels.vm }} from Hyper-V host {{ $labels.instance }} is in warning (state {{ $labels.state }}): replication cycles are being missed.",
               runbook_url: $._config.runbookURLBase + "HyperVReplicationUnhealthy.md",
             },
             threshold:: "replication health warning",

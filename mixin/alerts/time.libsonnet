@@ -130,7 +130,7 @@
                 hyperv_guest_host_info
                 * on (vm_id) group_left ()
                 max by (vm_id) (
-                  (hyperv_vm_integration_service_enabled{service="time_synchronization"} == 0)
+                  (hyperv_vm_integration_service_status{service="time_synchronization", status="disabled"} == 1)
                   and on (instance, job, vm_id) (hyperv_vm_state{state="running"} == 1)
                 )
               )

@@ -71,7 +71,7 @@
           {
             alert: "HyperVIntegrationServiceDisabled",
             expr: |||
-              hyperv_vm_integration_service_enabled{service=~"shutdown|time_synchronization|key_value_pair_exchange|heartbeat|vss"} == 0
+              hyperv_vm_integration_service_status{service=~"shutdown|time_synchronization|key_value_pair_exchange|heartbeat|vss", status="disabled"} == 1
               and on (instance, job, vm_id) (hyperv_vm_state{state="running"} == 1)
               unless on (instance, job, vm_id) (hyperv_vm_replication_mode{mode=~"replica|test_replica|extended_replica"} == 1)
             |||,
@@ -87,18 +87,17 @@
           {
             alert: "HyperVIntegrationServiceUnhealthy",
             expr: |||
-              hyperv_vm_integration_service_ok == 0
-              and on (instance, job, vm_id, service) (hyperv_vm_integration_service_enabled == 1)
+              hyperv_vm_integration_service_status{status!~"ok|disabled"} == 1
               and on (instance, job, vm_id) (hyperv_vm_state{state="running"} == 1)
               and on (instance, job, vm_id) (hyperv_vm_uptime_seconds > %(vmUptimeGraceSeconds)s)
-              unless on (instance, job, vm_id, service) hyperv_vm_integration_service_status_info{service="heartbeat", primary_status=~"lost_communication|no_contact"}
+              unless on (instance, job, vm_id, service) hyperv_vm_integration_service_status{service="heartbeat", status=~"lost_communication|no_contact"}
               unless on (instance, job, vm_id) (hyperv_vm_replication_mode{mode=~"replica|test_replica|extended_replica"} == 1)
             ||| % $._config,
             'for': "15m",
             labels: { severity: "warning" },
             annotations: {
               summary: "An enabled integration service of a Hyper-V VM is not OK.",
-              description: "Integration service {{ $labels.service }} of VM {{ $labels.vm }} on Hyper-V host {{ $labels.instance }} is enabled but its status is {{ with printf \"hyperv_vm_integration_service_status_info{instance=%q,job=%q,vm_id=%q,service=%q}\" $labels.instance $labels.job $labels.vm_id $labels.service | query }}{{ . | first | label \"primary_status\" }}{{ else }}not OK{{ end }}: the guest does not run its side of the service.",
+              description: "Integration service {{ $labels.service }} of VM {{ $labels.vm }} on Hyper-V host {{ $labels.instance }} is enabled but its status is {{ $labels.status }}: the guest does not run its side of the service.",
               runbook_url: $._config.runbookURLBase + "HyperVIntegrationServiceUnhealthy.md",
             },
             threshold:: "enabled service not OK, uptime > 600 s",
@@ -106,7 +105,7 @@
           {
             alert: "HyperVIntegrationServicesOutdated",
             expr: |||
-              hyperv_vm_integration_services_state{state="update_required"} == 1
+              hyperv_vm_integration_services_up_to_date == 0
               and on (instance, job, vm_id) (hyperv_vm_state{state="running"} == 1)
               unless on (instance, job, vm_id) (hyperv_vm_replication_mode{mode=~"replica|test_replica|extended_replica"} == 1)
             |||,
@@ -117,12 +116,12 @@
               description: "VM {{ $labels.vm }} on Hyper-V host {{ $labels.instance }} runs integration services {{ with printf \"hyperv_vm_info{instance=%q,job=%q,vm_id=%q}\" $labels.instance $labels.job $labels.vm_id | query }}{{ . | first | label \"integration_services_version\" }}{{ else }}of an older version{{ end }}, older than the host offers.",
               runbook_url: $._config.runbookURLBase + "HyperVIntegrationServicesOutdated.md",
             },
-            threshold:: "integration services state update_required",
+            threshold:: "hyperv_vm_integration_services_up_to_date == 0 (2012 R2: state; 2016+: version)",
           },
           {
             alert: "HyperVGuestServiceInterfaceEnabled",
             expr: |||
-              hyperv_vm_integration_service_enabled{service="guest_service_interface"} == 1
+              hyperv_vm_integration_service_status{service="guest_service_interface", status!="disabled"} == 1
               and on (instance, job, vm_id) (hyperv_vm_state{state="running"} == 1)
               unless on (instance, job, vm_id) (hyperv_vm_replication_mode{mode=~"replica|test_replica|extended_replica"} == 1)
             |||,

@@ -341,7 +341,10 @@ def build_agent(
                 timeout=args.ntp_timeout,
             )
             monitor = NtpMonitor(servers, options, min_interval=args.ntp_min_interval)
-            # A scrape waits for NTP only on the first measurement, never past the probe deadline.
+            if args.textfile is None:
+                # Serving HTTP: measure from start-up on, on the schedule; a scrape never waits.
+                monitor.start()
+            # Textfile mode waits for the measurement made for each file, never past the probe deadline.
             wait = max(0.0, min(args.ntp_timeout + 0.5, args.probe_timeout - 0.25))
             probes.append(NtpProbe(monitor, wait, block=args.textfile is not None))
     collector = GuestCollector(probes, timeout=args.probe_timeout)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import html
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
 
-from hyperv_exporter import __version__
+from hyperv_exporter import __version__, openmetrics
 from hyperv_exporter.web import Handler, Request, Response
 
 METRICS_PATH = "/metrics"
@@ -32,9 +32,10 @@ def make_handler(registry: CollectorRegistry, collectors: list[str]) -> Handler:
         if request.method not in ("GET", "HEAD"):
             return Response(405, "method not allowed\n", headers={"Allow": "GET, HEAD"})
         if request.path == METRICS_PATH:
-            # generate_latest runs every probe now (fresh families per scrape, bounded by the probe
-            # timeout); the web server gzips when the client asks for it.
-            return Response(200, generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
+            # OpenMetrics when the scraper asks for it. Encoding runs every probe now (fresh families
+            # per scrape, bounded by the probe timeout); the web server gzips when the client asks.
+            body, content_type = openmetrics.encode_registry(registry, request.headers.get("Accept"))
+            return Response(200, body, content_type=content_type)
         if request.path == "/":
             return Response(200, page, content_type="text/html; charset=utf-8")
         return Response(404, "not found\n")

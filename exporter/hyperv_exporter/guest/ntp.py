@@ -434,6 +434,10 @@ def measure(
 # A DENY/RSTR kiss-o'-death means "stop sending" (RFC 5905 7.4); we retry after this long, in case
 # the server's policy changes, and RATE back-off doubles up to the same cap.
 MAX_BACKOFF_SECONDS: Final = 86_400.0
+# After a failed measurement (timeout, unreachable: not a kiss-o'-death) the next one comes sooner
+# than min_interval: 4 s, then 8, 16, 32 ... up to min_interval, so one lost first answer costs
+# seconds of ntp_up 0, not a whole minute.
+RETRY_START_SECONDS: Final = 4.0
 
 
 @dataclass(slots=True)
@@ -443,6 +447,7 @@ class ServerState:
     next_due: float = 0.0  # monotonic
     interval: float = 0.0  # current effective interval between measurements (grows under back-off)
     backoff_level: int = 0
+    failures: int = 0  # consecutive failed measurements (not kiss-o'-death): quick retries
     inflight: Future[Measurement] | None = None
 
 
@@ -470,7 +475,13 @@ class NtpMonitor:
       wait (``block=True``) so each file carries the measurement made for it.
     * Servers are measured concurrently, so N servers cost the time of one.
     * RATE kiss-o'-death doubles the interval (at least the server's advertised poll interval),
-      up to a day; DENY/RSTR jump straight to a day; a good answer resets it.
+      up to a day; DENY/RSTR jump straight to a day; a good answer resets it. Any other failure is
+      retried after ``retry_start`` seconds, doubling up to ``min_interval``.
+
+    With :meth:`start` (the HTTP server), a scheduler thread measures every server on that schedule
+    from start-up on, as chrony_exporter serves chronyd's state: a scrape never waits for NTP and
+    always gets the latest result. Without it (textfile mode, tests) measurements are triggered by
+    collections as described above.
     """
 
     servers: Sequence[NtpServer]
@@ -479,13 +490,32 @@ class NtpMonitor:
     measure_fn: Callable[[NtpServer, MeasureOptions], Measurement] = measure
     clock: Callable[[], float] = time.monotonic
     jitter: Callable[[], float] = random.random
+    retry_start: float = RETRY_START_SECONDS
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
         self._states = {s: ServerState(s, interval=self.min_interval) for s in self.servers}
         self._executor = ThreadPoolExecutor(max_workers=max(1, min(len(self._states), 8)), thread_name_prefix="ntp")
+        self._stopped = threading.Event()
+        self._scheduler: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Measure in the background from now on; collections then never wait (see the class docstring)."""
+        if self._scheduler is None and self._states:
+            self._scheduler = threading.Thread(target=self._schedule, name="ntp-scheduler", daemon=True)
+            self._scheduler.start()
+
+    def _schedule(self) -> None:
+        while not self._stopped.is_set():
+            self._start_due()
+            with self._lock:
+                due = [s.next_due for s in self._states.values() if s.inflight is None]
+            # Woken at the next due time, and at least every second to pick up finished measurements.
+            delay = (min(due) - self.clock()) if due else 1.0
+            self._stopped.wait(min(max(delay, 0.05), 1.0))
 
     def close(self) -> None:
+        self._stopped.set()
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     def _start_due(self) -> None:
@@ -526,8 +556,12 @@ class NtpMonitor:
                 state.backoff_level += 1
                 advertised = 2.0 ** max(0, min(result.kod_poll, 17))
                 state.interval = min(MAX_BACKOFF_SECONDS, max(self.min_interval * 2.0**state.backoff_level, advertised))
-            else:
+            elif not result.ok:
                 state.backoff_level = 0
+                state.failures += 1
+                state.interval = min(self.min_interval, self.retry_start * 2.0 ** (state.failures - 1))
+            else:
+                state.backoff_level = state.failures = 0
                 state.interval = self.min_interval
             state.next_due = now + state.interval * (1.0 + 0.1 * self.jitter())
             interval = state.interval
@@ -552,9 +586,12 @@ class NtpMonitor:
     def collect(self, wait_bound: float, block: bool = False) -> list[ServerSnapshot]:
         """Start due measurements; wait (bounded) as described in the class docstring; snapshot."""
         self._start_due()
+        background = self._scheduler is not None and not block  # the scheduler measures; serve the latest
         with self._lock:
             pending = [
-                (s, s.inflight) for s in self._states.values() if s.inflight is not None and (block or s.last is None)
+                (s, s.inflight)
+                for s in self._states.values()
+                if s.inflight is not None and not background and (block or s.last is None)
             ]
         if pending and wait_bound > 0:
             wait_futures([f for _, f in pending], timeout=wait_bound)

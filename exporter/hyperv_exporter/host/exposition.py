@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from prometheus_client.core import Metric
 
-from hyperv_exporter import logutil
+from hyperv_exporter import logutil, openmetrics
 from hyperv_exporter.host.collectors import COLLECTORS
 from hyperv_exporter.host.collectors.base import CollectorContext, Escaped, Family, render_families, single
 from hyperv_exporter.host.probe import ProbeResult
@@ -148,6 +148,12 @@ def render(result: ProbeResult, timeout: float) -> bytes:
     while chunks:
         body.write(chunks.pop())
     return body.getvalue()
+
+
+def render_openmetrics(result: ProbeResult, timeout: float) -> bytes:
+    """:func:`render` as OpenMetrics 1.0 (for a scraper that asks for it; see hyperv_exporter.openmetrics)."""
+    output = _collect(result, timeout, result.collected_at, keep_families=True)  # their headers are rewritten
+    return openmetrics.text_to_openmetrics(output.text, output.families).encode("utf-8")
 
 
 def families(result: ProbeResult, timeout: float) -> list[Metric]:

@@ -16,9 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from hyperv_exporter import logutil
+from hyperv_exporter import logutil, openmetrics
 from hyperv_exporter.host import exposition, sd
 from hyperv_exporter.host.config import Config, ConfigError, Module, split_target
 from hyperv_exporter.host.landing import render_landing
@@ -119,10 +118,12 @@ class ExporterApp:
             )
         timeout = self.probe_timeout(request, module)
         result = self.prober.probe(module, target, timeout)
-        body = exposition.render(result, timeout)
         if request.query.get("debug", [""])[0].lower() in ("true", "1", "yes"):
-            return Response(body=self._debug(result.log, body, module), content_type=TEXT)
-        return Response(body=body, content_type=CONTENT_TYPE_LATEST)
+            return Response(body=self._debug(result.log, exposition.render(result, timeout), module), content_type=TEXT)
+        wants_openmetrics, content_type = openmetrics.negotiate(request.headers.get("Accept"))
+        if wants_openmetrics:
+            return Response(body=exposition.render_openmetrics(result, timeout), content_type=content_type)
+        return Response(body=exposition.render(result, timeout), content_type=content_type)
 
     def _debug(self, lines: list[str], body: bytes, module: Module) -> str:
         config = yaml.safe_dump(self._module_view(module), sort_keys=False, allow_unicode=True)
@@ -146,7 +147,8 @@ class ExporterApp:
         return Response(body=logutil.redact(page), content_type="text/html; charset=utf-8")
 
     def self_metrics(self, request: Request) -> Response:
-        return Response(body=generate_latest(self.metrics.registry), content_type=CONTENT_TYPE_LATEST)
+        body, content_type = openmetrics.encode_registry(self.metrics.registry, request.headers.get("Accept"))
+        return Response(body=body, content_type=content_type)
 
     @staticmethod
     def _module_view(module: Module) -> dict[str, Any]:

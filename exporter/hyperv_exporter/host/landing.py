@@ -44,13 +44,17 @@ def render_landing(
         example = example_targets.get(name) or (module.targets.describe() or ["hv01.example"])[0]
         link = f"/probe?module={quote(name)}&amp;target={quote(example)}"
         tls_note = ", validate TLS" if w["server_cert_validation"] == "validate" and w["scheme"] == "https" else ""
+        # Per-host endpoints (the demo's simulated hosts listen on ports of their own) replace the
+        # default URL for those hosts: show where the exporter really connects.
+        endpoints = "".join(f"<br>{_e(host)}: {_e(url)}" for host, url in sorted(module.endpoints.items()))
+        default = "other hosts: " if module.endpoints else ""
         rows.append(
             "<tr>"
             f"<td><code>{_e(name)}</code></td>"
             f"<td>{_e(', '.join(module.targets.describe()))}</td>"
-            f"<td>{_e(w['scheme'])}://…:{_e(w['port'])}{_e(w['path'])} ({_e(w['transport'])}"
+            f"<td>{default}{_e(w['scheme'])}://…:{_e(w['port'])}{_e(w['path'])} ({_e(w['transport'])}"
             f"{', user ' + _e(w['username']) if w['username'] else ''}, password {_e(w['password'] or 'none')}"
-            f"{tls_note})</td>"
+            f"{tls_note}){endpoints}</td>"
             f"<td>{_e(module.timeout)}s</td>"
             f"<td>{_e(', '.join(module.collectors) if module.collectors is not None else 'all enabled')}</td>"
             f'<td><a href="{link}">probe {_e(example)}</a> · '

@@ -252,6 +252,7 @@ class Prober:
             entry.session = WinRMSession(module.endpoint_url(target), module.winrm, script.script_text())
         session = entry.session
         shells_before = session.shells_opened
+        requests_before = session.requests_total
         try:
             with session.lock:
                 result.note(f"probing {session.url} with collectors {','.join(collectors)}")
@@ -284,6 +285,8 @@ class Prober:
         except Exception as exc:  # a bug must cost one probe, not the process
             log.exception("probe failed unexpectedly", extra=logutil.fields(module=module.name, target=target))
             result.reason, result.message = "winrm_fault", f"internal error: {type(exc).__name__}"
+        # Every request sent counts, also when the conversation failed (a 401, a fault, a timeout).
+        result.requests = session.requests_total - requests_before
         result.duration = time.monotonic() - start
         if result.reason:
             result.note(f"failed ({result.reason}): {result.message}")
@@ -330,6 +333,3 @@ class Prober:
             else:
                 seen.add(problem)
                 log.warning("host report problem: %s", problem, extra=logutil.fields(module=module.name, target=target))
-
-
-

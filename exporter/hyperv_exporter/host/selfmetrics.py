@@ -11,10 +11,17 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    disable_created_metrics,
 )
 
 from hyperv_exporter import __version__
 from hyperv_exporter.host.transport.errors import REASONS
+
+# No *_created series: client_python adds one per counter and histogram child (process start time
+# per label set, 6 families here), which no alert, dashboard or recording rule of this project
+# reads, and which Go exporters (node_exporter, blackbox_exporter) do not expose in the text format.
+# Prometheus does not need them for rate(). Process-wide, like the exporter's registry.
+disable_created_metrics()  # type: ignore[no-untyped-call]  # untyped in client_python
 
 
 class ExporterMetrics:

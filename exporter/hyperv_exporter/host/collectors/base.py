@@ -304,6 +304,17 @@ def enum_gauge(name: str, documentation: str, label: str, values: Sequence[str])
     return EnumFamily(name, documentation, (label, *VM_LABELS), values)
 
 
+def current_value(name: str, documentation: str, label: str) -> Family:
+    """A per-VM enum as one series per VM: ``label`` (sorting before ``vm``) holds the current value, 1.
+
+    The default encoding of the VM enums (docs/metrics.md, "Series budget"): a VM has exactly one
+    series per enum, so the families cost 1 series per VM instead of one per possible value (30
+    for hyperv_vm_state), while ``{state="running"} == 1`` reads as with one-hot series. A change
+    of value starts a new series and ends the old one (a transition is rare: start, stop, failure).
+    """
+    return Family(name, documentation, (label, *VM_LABELS))
+
+
 def single(name: str, documentation: str, value: float) -> Family:
     """A gauge with one unlabelled sample (``GaugeMetricFamily(name, doc, value=...)``)."""
     family = Family(name, documentation)

@@ -2,12 +2,14 @@
 
 hyperv_vm_info{vm="web01",vm_id="8e3ece81-...",clustered="false",config_version="9.0",generation="2",
                guest_integration_services_version="10.0.17763.1",integration_services_version="0.0"} 1
-hyperv_vm_state{vm="web01",vm_id="8e3ece81-...",state="running"} 1      (one series per VMState, 30 in all)
-hyperv_vm_heartbeat{vm="web01",vm_id="8e3ece81-...",status="ok_applications_healthy"} 1   (9 per VM)
-hyperv_vm_integration_services_state{vm="web01",vm_id="8e3ece81-...",state="up_to_date"} 1 (3 per VM)
+hyperv_vm_state{vm="web01",vm_id="8e3ece81-...",state="running"} 1
+hyperv_vm_heartbeat{vm="web01",vm_id="8e3ece81-...",status="ok_applications_healthy"} 1
+hyperv_vm_integration_services_state{vm="web01",vm_id="8e3ece81-...",state="up_to_date"} 1
 hyperv_vm_uptime_seconds{vm="web01",vm_id="8e3ece81-..."} 311352.37
 hyperv_vm_integration_services_up_to_date{vm="web01",vm_id="8e3ece81-..."} 1   (absent without a basis)
 
+The three enums are encoded as one series per VM carrying the current value (see
+:func:`collectors.base.current_value` and docs/metrics.md, "Series budget").
 ``integration_services_version`` is what Get-VM says (``0.0`` on 2016+ hosts);
 ``guest_integration_services_version`` what the guest reports in its KVP intrinsic items. How
 ``hyperv_vm_integration_services_up_to_date`` is decided per host generation: host.icversion.
@@ -15,13 +17,12 @@ hyperv_vm_integration_services_up_to_date{vm="web01",vm_id="8e3ece81-..."} 1   (
 
 from __future__ import annotations
 
-from hyperv_exporter import enums
 from hyperv_exporter.host.collectors.base import (
     VM_LABELS,
     Collector,
     CollectorContext,
     Family,
-    enum_gauge,
+    current_value,
     gauge,
     vm_labels,
 )
@@ -48,26 +49,23 @@ class VMCollector(Collector):
             ),
             kind="info",
         )
-        state = enum_gauge(
+        state = current_value(
             "hyperv_vm_state",
             "VM state (Get-VM State as snake_case; *_critical means Hyper-V lost access to the VM's storage). "
-            "1 for the current state.",
+            "One series per VM, for the current state.",
             "state",
-            enums.VM_STATES,
         )
-        heartbeat = enum_gauge(
+        heartbeat = current_value(
             "hyperv_vm_heartbeat",
             "Heartbeat integration service status (Get-VM Heartbeat as snake_case; unknown when the VM is off). "
-            "ok_applications_unknown is what Linux guests report. 1 for the current status.",
+            "ok_applications_unknown is what Linux guests report. One series per VM, for the current status.",
             "status",
-            enums.HEARTBEAT_STATUSES,
         )
-        is_state = enum_gauge(
+        is_state = current_value(
             "hyperv_vm_integration_services_state",
-            "Whether the guest's integration services are current (Get-VM IntegrationServicesState). "
-            "1 for the current state.",
+            "Whether the guest's integration services are current (Get-VM IntegrationServicesState: "
+            "up_to_date, update_required, unknown). One series per VM, for the current state.",
             "state",
-            enums.IS_STATES,
         )
         uptime = gauge("hyperv_vm_uptime_seconds", "Time since the VM was started (Get-VM Uptime); 0 when off.")
         up_to_date = gauge(
@@ -89,9 +87,9 @@ class VMCollector(Collector):
                 ),
                 1.0,
             )
-            state.set(labels, vm.state)
-            heartbeat.set(labels, vm.heartbeat)
-            is_state.set(labels, vm.integration_services_state)
+            state.add((vm.state, *labels), 1.0)
+            heartbeat.add((vm.heartbeat, *labels), 1.0)
+            is_state.add((vm.integration_services_state, *labels), 1.0)
             if vm.uptime_seconds is not None:
                 uptime.add(labels, vm.uptime_seconds)
             if vm.integration_services_up_to_date is not None:

@@ -74,6 +74,32 @@ class _CountingProtocol(Protocol):
         return result
 
 
+# The console host wraps an error row after 78 characters: the row ends in a blank and continues on
+# the next row indented by three blanks, in the middle of a word ("...Contac " + "   t"). The
+# simulator reproduces it (sim/wsman_clixml.py) from pywinrm's recorded fixture.
+_CONSOLE_ROW = 78
+_CONTINUATION = "   "
+_CLIXML_ESCAPE = re.compile(r"_x([0-9A-Fa-f]{4})_")
+
+
+def _clixml_decode(text: str) -> str:
+    """PowerShell's CLIXML string escapes (``_x000D_``, ``_x005F_`` for a literal ``_``) decoded."""
+    return _CLIXML_ESCAPE.sub(lambda m: chr(int(m.group(1), 16)), text)
+
+
+def _unwrap_console_rows(rows: list[str]) -> list[str]:
+    """Rows as PowerShell formatted them, with the console's wrapping undone."""
+    out: list[str] = []
+    wrapped = False
+    for row in rows:
+        if wrapped and out and row.startswith(_CONTINUATION):
+            out[-1] = out[-1][:-1] + row[len(_CONTINUATION) :]
+        else:
+            out.append(row)
+        wrapped = len(row) == _CONSOLE_ROW + 1 and row.endswith(" ")
+    return out
+
+
 def clixml_errors(stderr: bytes, limit: int = 500) -> str:
     """The error text from PowerShell's CLIXML stderr (``#< CLIXML`` + ``<Objs>``), or the raw text.
 
@@ -86,8 +112,10 @@ def clixml_errors(stderr: bytes, limit: int = 500) -> str:
         body = re.sub(r'\sxmlns="[^"]*"', "", body, count=1)
         try:
             root = safe_fromstring(body)
-            parts = [s.text or "" for s in root.findall("S") if s.get("S") == "Error"]
-            text = "".join(parts).replace("_x000D__x000A_", "\n")
+            rows = [
+                _clixml_decode(s.text or "").removesuffix("\r\n") for s in root.findall("S") if s.get("S") == "Error"
+            ]
+            text = "\n".join(_unwrap_console_rows(rows))
         except Exception:  # any parse failure: fall back to the raw text, never raise from error handling
             log.debug("stderr CLIXML could not be parsed", exc_info=True)
     text = " ".join(text.split())
