@@ -152,6 +152,7 @@ def decode_output(stdout: bytes, max_bytes: int) -> str:
     return _text(decode_bytes(stdout, max_bytes))
 
 
+# Decoders are shared by every probe thread: their methods are thread-safe since msgspec 0.16 (msgspec/msgspec#401).
 _DECODER = msgspec.json.Decoder()
 _TOP_DECODER = msgspec.json.Decoder(dict[str, msgspec.Raw])  # values as spans of the input, not decoded
 _ARRAY_DECODER = msgspec.json.Decoder(list[msgspec.Raw])
