@@ -325,3 +325,61 @@ def test_parse_report_equals_the_json_path_on_a_generated_host() -> None:
     text = _generated_document(60)
     assert_same_report(text)
     assert_same_report(text.encode("utf-8"))
+
+
+# -- report.decode_bytes: gzip inflated in steps into one buffer ----------------------------------------
+def _old_decode(stdout: bytes, max_bytes: int) -> object:
+    """decode_output before: one zlib call with max_length = cap + 1, then the same checks."""
+    import base64
+    import binascii
+    import zlib
+
+    data = stdout.strip()
+    try:
+        compressed = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        return ("error", "parse")
+    inflater = zlib.decompressobj(wbits=31)
+    try:
+        data = inflater.decompress(compressed, max_bytes + 1)
+    except zlib.error:
+        return ("error", "parse")
+    if len(data) > max_bytes:
+        return ("error", "output_too_large")
+    if not inflater.eof:
+        return ("error", "parse")
+    return ("value", data.removeprefix(b"\xef\xbb\xbf"))
+
+
+def _new_decode(stdout: bytes, max_bytes: int) -> object:
+    try:
+        return ("value", bytes(report.decode_bytes(stdout, max_bytes)))
+    except report.ReportError as exc:
+        return ("error", exc.reason)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.binary(max_size=3000) | st.sampled_from([b"\xef\xbb\xbf{}", b"x" * 5000]),
+    st.integers(0, 6000),
+    st.sampled_from(["whole", "truncated", "trailing", "flipped"]),
+    st.sampled_from([1, 7, 1 << 20]),
+)
+def test_stepwise_inflation_decides_like_one_call(raw: bytes, cap: int, damage: str, step: int) -> None:
+    import base64
+    import gzip
+
+    packed = gzip.compress(raw, mtime=0)
+    if damage == "truncated":
+        packed = packed[: max(10, len(packed) // 2)]
+    elif damage == "trailing":
+        packed += b"garbage after the gzip member"
+    elif damage == "flipped" and len(packed) > 20:
+        packed = packed[:15] + bytes([packed[15] ^ 0x55]) + packed[16:]
+    stdout = base64.b64encode(packed)
+    original = report.INFLATE_STEP
+    try:
+        report.INFLATE_STEP = step  # tiny steps exercise the loop's every turn
+        assert _new_decode(stdout, cap) == _old_decode(stdout, cap)
+    finally:
+        report.INFLATE_STEP = original
