@@ -41,6 +41,7 @@ class FleetResult:
     rss_peak: int = 0
     rss_end: int = 0
     cpu_per_probe: float = 0.0
+    sim_cpu_per_probe: float = 0.0  # the simulated hosts' work, in their own process
     requests_first: list[int] = field(default_factory=list)
     requests_steady: list[int] = field(default_factory=list)
 
@@ -104,7 +105,7 @@ def _run(
     done = threading.Event()
     headers = prometheus_headers(interval)
     start = time.monotonic() + 1.0
-    cpu_before = process_cpu_seconds(pid)
+    cpu_before, sim_before = process_cpu_seconds(pid), process_cpu_seconds(stack.sim.pid)
 
     def scrape_loop(target: str) -> None:
         offset = _offset(target, interval, schedule)
@@ -145,4 +146,5 @@ def _run(
     rss, hwm = process_memory(pid)
     result.rss_end, result.rss_peak = rss, max(result.rss_peak, hwm)
     result.cpu_per_probe = (process_cpu_seconds(pid) - cpu_before) / max(1, result.probes)
+    result.sim_cpu_per_probe = (process_cpu_seconds(stack.sim.pid) - sim_before) / max(1, result.probes)
     return result

@@ -5,12 +5,17 @@ Per size, against a generated host served by the simulator in its own process:
 1. **In-process split.** The exporter's own code (``WinRMSession``, ``report``, ``exposition``) runs in
    this process, one phase at a time: WinRM exchange (wall time, and the CPU time this thread spent
    in pywinrm/requests: the rest of the exchange is waiting for the host), decode + parse, render.
-2. **End to end.** The real exporter, as its own process, is probed over HTTP as Prometheus does
-   (gzip, scrape-timeout header); its CPU time per probe from /proc is the *exporter overhead*:
-   everything it does except waiting for the host (WinRM client, parsing, rendering, HTTP, gzip).
+2. **End to end, interleaved.** The real exporter, as its own process, is probed over HTTP as
+   Prometheus does (gzip, scrape-timeout header), and node_exporter serving the same exposition
+   from its textfile collector is scraped the same way, in alternation: round after round, one
+   batch of exporter probes (A), then one batch of node_exporter scrapes (B), so that both see the
+   same load on the machine. Per round: the exporter's CPU per probe (its *overhead*: everything
+   it does except waiting for the host), the simulator's CPU per probe (the host's work, in its own
+   process, not counted as the exporter's), node_exporter's CPU per scrape, all from
+   /proc/<pid>/stat, and the exporter's peak resident memory during the batch (VmHWM, reset before
+   it through /proc/<pid>/clear_refs). A batch holds as many probes as make about 0.3 s of CPU,
+   because /proc counts CPU in 10 ms ticks. Min and median over the rounds are reported.
 3. **Floor.** prometheus_client's ``generate_latest`` rendering the same families, already built.
-4. **Go anchor.** Debian's prometheus-node-exporter serving the same exposition from its textfile
-   collector, scraped the same way; median wall time and its CPU time per scrape.
 """
 
 from __future__ import annotations
@@ -79,19 +84,32 @@ class SizeResult:
     series_per_vm: float = 0.0
     family_series: dict[str, float] = field(default_factory=dict)
     e2e_wall: list[float] = field(default_factory=list)
-    e2e_cpu_per_probe: float = 0.0
-    exporter_rss: int = 0
+    exporter_cpu: list[float] = field(default_factory=list)  # per probe, one value per round (A)
+    sim_cpu: list[float] = field(default_factory=list)  # the simulated host's CPU per probe, per round
+    exporter_peak_rss: list[int] = field(default_factory=list)  # VmHWM during each round's batch
+    exporter_rss: int = 0  # resident after the rounds
+    peak_reset: bool = True  # False: VmHWM could not be reset, peaks are the process's lifetime peak
+    batch: int = 1  # exporter probes per round
     floor_render: float = 0.0
-    node_wall: float = 0.0
-    node_cpu_per_scrape: float = 0.0
+    node_wall: list[float] = field(default_factory=list)
+    node_cpu: list[float] = field(default_factory=list)  # per scrape, one value per round (B)
+    node_batch: int = 1
     node_ok: bool = False
     problems: int = 0
     profile: str = ""
 
     @property
     def overhead(self) -> float:
-        """Exporter CPU per probe, measured on the exporter process (the target's numerator)."""
-        return self.e2e_cpu_per_probe
+        """Exporter CPU per probe, median over the rounds (the target's numerator)."""
+        return median(self.exporter_cpu)
+
+    @property
+    def node_cpu_per_scrape(self) -> float:
+        return median(self.node_cpu)
+
+    @property
+    def peak_rss(self) -> int:
+        return max(self.exporter_peak_rss, default=0)
 
 
 def _timed(fn: Callable[[], Any]) -> tuple[Any, float, float]:
@@ -123,13 +141,12 @@ def _in_process(stack: Stack, result: SizeResult, probes: int, profile: bool) ->
                 result.exchange.add(wall, cpu)
             result.stdout_bytes = len(exchange.stdout)
 
-            def parse(stdout: bytes = exchange.stdout) -> tuple[str, HostReport]:
-                text = report.decode_output(stdout, module.winrm.max_output_bytes)
-                return text, report.parse_report(text, kvp_filter, sources)
+            def parse(stdout: bytes = exchange.stdout) -> tuple[int, HostReport]:
+                document = report.decode_bytes(stdout, module.winrm.max_output_bytes)  # as the prober does
+                return len(document), report.parse_report(document, kvp_filter, sources)
 
-            (text, host_report), wall, cpu = _timed(parse)
-            result.json_bytes, result.problems = len(text.encode("utf-8")), len(host_report.problems)
-            del text
+            (result.json_bytes, host_report), wall, cpu = _timed(parse)
+            result.problems = len(host_report.problems)
             probe = ProbeResult(
                 MODULE, target, collectors, time.time(), duration=wall, report=host_report,
                 clock=ClockExchange(exchange.sent, exchange.received), requests=exchange.requests,
@@ -168,7 +185,7 @@ def _profile(stdout: bytes, cap: int, kvp_filter: cimxml.KvpFilter, sources: fro
     profiler = Profiler(interval=0.0005)
     profiler.start()
     for _ in range(3):
-        host_report = report.parse_report(report.decode_output(stdout, cap), kvp_filter, sources)
+        host_report = report.parse_report(report.decode_bytes(stdout, cap), kvp_filter, sources)
         exposition.render(
             ProbeResult(MODULE, probe.target, probe.collectors, probe.started, report=host_report, clock=probe.clock),
             TIMEOUT,
@@ -178,27 +195,27 @@ def _profile(stdout: bytes, cap: int, kvp_filter: cimxml.KvpFilter, sources: fro
     return "\n".join(line.rstrip() for line in lines if line.strip())
 
 
-def _end_to_end(stack: Stack, result: SizeResult, probes: int) -> None:
-    assert stack.exporter is not None
-    pid, url = stack.exporter.pid, stack.probe_url(stack.targets[0])
-    headers = prometheus_headers(TIMEOUT)
-    first = fetch(url, headers, timeout=TIMEOUT + 10)  # warm-up: imports, shell creation
-    if b"hyperv_up 1.0" not in first.body:
-        raise RuntimeError(f"probe of {result.vms} VMs failed: {first.body[:300]!r}")
-    cpu_before = process_cpu_seconds(pid)
-    for _ in range(probes):
-        result.e2e_wall.append(fetch(url, headers, timeout=TIMEOUT + 10).seconds)
-    result.e2e_cpu_per_probe = (process_cpu_seconds(pid) - cpu_before) / probes
-    result.exporter_rss = process_memory(pid)[0]
+def _reset_peak(pid: int) -> bool:
+    """Reset the process's VmHWM to its current resident size (Linux 4.0+, same user or root)."""
+    try:
+        Path(f"/proc/{pid}/clear_refs").write_text("5", encoding="ascii")
+    except OSError:
+        return False
+    return True
 
 
-def _node_exporter(body: bytes, result: SizeResult, scrapes: int) -> None:
-    if not Path(NODE_EXPORTER).exists():
-        return
-    with tempfile.TemporaryDirectory(prefix="bench-textfile-") as directory:
+def _batch(vms: int) -> int:
+    """Probes per round so that a round is about 0.3 s of the exporter's CPU (at ~0.15 ms per VM)."""
+    return max(1, min(20, round(2000 / max(1, vms))))
+
+
+class _NodeExporter:
+    """node_exporter's textfile collector serving ``body``, the Go anchor."""
+
+    def __init__(self, body: bytes, directory: str) -> None:
         Path(directory, "hyperv.prom").write_bytes(body)
         port = free_port()
-        process = subprocess.Popen(
+        self.process = subprocess.Popen(
             [
                 NODE_EXPORTER, "--collector.disable-defaults", "--collector.textfile",
                 f"--collector.textfile.directory={directory}", f"--web.listen-address=127.0.0.1:{port}",
@@ -206,17 +223,47 @@ def _node_exporter(body: bytes, result: SizeResult, scrapes: int) -> None:
             ],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
+        self.url = f"http://127.0.0.1:{port}/metrics"
         try:
-            url = f"http://127.0.0.1:{port}/metrics"
             wait_http(f"http://127.0.0.1:{port}/")  # not /metrics: a large textfile takes seconds per scrape
-            warm = fetch(url, prometheus_headers(TIMEOUT))
-            result.node_ok = b"node_textfile_scrape_error 0" in warm.body
-            cpu_before = process_cpu_seconds(process.pid)
-            walls = [fetch(url, prometheus_headers(TIMEOUT), timeout=TIMEOUT).seconds for _ in range(scrapes)]
-            result.node_cpu_per_scrape = (process_cpu_seconds(process.pid) - cpu_before) / scrapes
-            result.node_wall = median(walls)
+        except BaseException:
+            stop(self.process)
+            raise
+
+
+def _interleaved(stack: Stack, body: bytes, result: SizeResult, rounds: int) -> None:
+    """Rounds of (A) a batch of exporter probes, (B) a batch of node_exporter scrapes, alternating."""
+    assert stack.exporter is not None
+    pid, sim_pid, url = stack.exporter.pid, stack.sim.pid, stack.probe_url(stack.targets[0])
+    headers = prometheus_headers(TIMEOUT)
+    first = fetch(url, headers, timeout=TIMEOUT + 10)  # warm-up: imports, shell creation
+    if b"hyperv_up 1.0" not in first.body:
+        raise RuntimeError(f"probe of {result.vms} VMs failed: {first.body[:300]!r}")
+    result.batch = _batch(result.vms)
+    with tempfile.TemporaryDirectory(prefix="bench-textfile-") as directory:
+        node = _NodeExporter(body, directory) if Path(NODE_EXPORTER).exists() else None
+        try:
+            if node is not None:
+                warm = fetch(node.url, headers, timeout=TIMEOUT)
+                result.node_ok = b"node_textfile_scrape_error 0" in warm.body
+                result.node_batch = max(1, round(result.batch / 4))  # node_exporter is ~4x the exporter's CPU
+            for _ in range(rounds):
+                result.peak_reset = _reset_peak(pid) and result.peak_reset
+                cpu, sim_cpu = process_cpu_seconds(pid), process_cpu_seconds(sim_pid)
+                for _ in range(result.batch):
+                    result.e2e_wall.append(fetch(url, headers, timeout=TIMEOUT + 10).seconds)
+                result.exporter_cpu.append((process_cpu_seconds(pid) - cpu) / result.batch)
+                result.sim_cpu.append((process_cpu_seconds(sim_pid) - sim_cpu) / result.batch)
+                result.exporter_peak_rss.append(process_memory(pid)[1])
+                if node is not None and result.node_ok:
+                    cpu = process_cpu_seconds(node.process.pid)
+                    for _ in range(result.node_batch):
+                        result.node_wall.append(fetch(node.url, headers, timeout=TIMEOUT).seconds)
+                    result.node_cpu.append((process_cpu_seconds(node.process.pid) - cpu) / result.node_batch)
         finally:
-            stop(process)
+            if node is not None:
+                stop(node.process)
+    result.exporter_rss = process_memory(pid)[0]
 
 
 def run_size(
@@ -228,8 +275,8 @@ def run_size(
     with Stack(size_dir, 1, vms, run_seconds=0.0, timeout=TIMEOUT) as stack:
         log(f"  {vms} VMs: in-process split ({probes} probes)")
         body = _in_process(stack, result, probes, profile)
-        log(f"  {vms} VMs: exporter process ({probes} probes)")
-        _end_to_end(stack, result, probes)
+        log(f"  {vms} VMs: exporter and node_exporter interleaved ({probes} rounds)")
+        _interleaved(stack, body, result, probes)
     lines = [line for line in body.split(b"\n") if line and not line.startswith(b"#")]
     result.samples = len(lines)
     vm_lines = [line for line in lines if not line.startswith(HOST_SERIES_PREFIXES)]
@@ -237,9 +284,7 @@ def run_size(
     result.exposition_bytes = len(body)
     import gzip
 
-    result.exposition_gzip_bytes = len(gzip.compress(body, compresslevel=6, mtime=0))
-    log(f"  {vms} VMs: node_exporter textfile baseline")
-    _node_exporter(body, result, scrapes=max(3, probes))
+    result.exposition_gzip_bytes = len(gzip.compress(body, compresslevel=1, mtime=0))  # the exporter's level
     return result
 
 

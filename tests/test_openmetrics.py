@@ -50,7 +50,7 @@ class Families:
 
 
 def assert_like_client_python(result: ProbeResult) -> None:
-    output = exposition._collect(result, 9.5, result.collected_at)  # what render_openmetrics renders
+    output = exposition._collect(result, 9.5, result.collected_at, keep_families=True)  # as render_openmetrics
     expected = om_generate_latest(Families(f.to_metric() for f in output.families))  # type: ignore[arg-type]
     assert exposition.render_openmetrics(result, 9.5) == expected
 

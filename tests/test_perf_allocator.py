@@ -1,7 +1,8 @@
-"""allocator.tune: glibc malloc settings for many probe threads; the MALLOC_* environment wins."""
+"""allocator.tune: glibc malloc settings for many probe threads; the MALLOC_* environment wins. tune_gc: GC threshold."""
 
 from __future__ import annotations
 
+import gc
 import platform
 import sys
 
@@ -29,3 +30,14 @@ def test_the_environment_wins(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_other_platforms_are_left_alone(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sys, "platform", "darwin")
     assert allocator.tune() == {}
+
+
+def test_gc_threshold_is_raised_and_never_lowered() -> None:
+    before = gc.get_threshold()
+    try:
+        gc.set_threshold(700, 10, 10)
+        assert allocator.tune_gc() == (allocator.GC_THRESHOLD_0, 10, 10)
+        gc.set_threshold(200_000, 5, 7)
+        assert allocator.tune_gc() == (200_000, 5, 7)
+    finally:
+        gc.set_threshold(*before)

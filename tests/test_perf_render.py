@@ -109,6 +109,37 @@ def test_enum_families_render_exactly_like_generate_latest(
     assert family.to_metric() == reference
 
 
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.tuples(label_values | st.sampled_from(["\0", "a\0b"]), label_values), min_size=1, max_size=4),
+    st.lists(st.tuples(st.integers(0, 3), st.integers(0, 3), values, st.booleans()), max_size=24),
+    st.lists(st.text(max_size=4) | st.just("\0"), min_size=1, max_size=4, unique=True),
+)
+def test_shared_label_blocks_and_values_render_exactly_like_generate_latest(
+    vms: list[tuple[str, str]],
+    samples: list[tuple[int, int, float, bool]],
+    enum_values: list[str],
+) -> None:
+    """One rendering reuses a VM's label block across families and each value's text across samples:
+    the same (name, id) in several families, as tuples and as lists, 0.0 next to -0.0, NaN twice,
+    enum objects whose current value is outside the set, and NUL in label and enum values."""
+    families = [Family(f"hyperv_f{i}", "doc", ("vm", "vm_id")) for i in range(4)]
+    references = [GaugeMetricFamily(f"hyperv_f{i}", "doc", labels=["vm", "vm_id"]) for i in range(4)]
+    state = EnumFamily("hyperv_vm_state", "doc", ("state", "vm", "vm_id"), enum_values)
+    state_reference = GaugeMetricFamily("hyperv_vm_state", "doc", labels=["state", "vm", "vm_id"])
+    for family_index, vm_index, value, as_list in samples:
+        vm = vms[vm_index % len(vms)]
+        families[family_index].add(list(vm) if as_list else vm, value)
+        references[family_index].add_metric(list(vm), value)
+    for index, vm in enumerate(vms):
+        current = enum_values[index] if index < len(enum_values) else "outside"
+        state.set(vm, current)
+        for value in enum_values:
+            state_reference.add_metric([value, *vm], 1.0 if value == current else 0.0)
+    ours = [state, *families, state]  # the same families twice: blocks found again
+    assert render_families(ours).encode() == generate_latest_of([state_reference, *references, state_reference])
+
+
 def test_to_metric_is_what_prometheus_client_builds() -> None:
     gauge = Family("hyperv_vm_uptime_seconds", "Uptime.", ("vm", "vm_id"))
     gauge.add(("web01", "id-1"), 12.5)
@@ -141,7 +172,7 @@ def test_a_thousand_vm_host_renders_exactly_like_generate_latest() -> None:
         "default", host.computer_name, tuple(COLLECTORS), now, 0.5, report=report,
         clock=ClockExchange(now - 0.2, now + 0.1), requests=6,
     )  # fmt: skip
-    output = exposition._collect(result, 9.5, result.started + result.duration)  # what render() passes
+    output = exposition._collect(result, 9.5, result.started + result.duration, keep_families=True)  # as render()
     rendered = output.text.encode()
     assert rendered == generate_latest_of([f.to_metric() for f in output.families])
     assert rendered == exposition.render(result, 9.5)

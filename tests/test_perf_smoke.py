@@ -51,8 +51,14 @@ def test_benchmark_suite_runs_end_to_end_at_tiny_sizes(tmp_path: Path) -> None:
     assert (size["sim_requests_first"], size["sim_requests_steady"]) == (4, 3)
     assert size["samples"] > 5 * 15 and size["series_per_vm"] > 15  # about 22 per VM since the series budget
     assert size["family_series"]["hyperv_vm_state"] == 1  # one series per VM: the current state
+    # Exporter and node_exporter interleaved, one value per round; peaks per round.
+    assert len(size["exporter_cpu"]) == len(size["sim_cpu"]) == len(size["exporter_peak_rss"]) == 2
+    assert all(peak > 0 for peak in size["exporter_peak_rss"])
+    if size["node_ok"]:
+        assert len(size["node_cpu"]) == 2
     (fleet,) = results["fleet"]
     assert len(fleet["latencies"]) == 2 and fleet["failed"] == 0
+    assert "exporter CPU / node_exporter CPU" in text and "simulated host's CPU per probe" in text
     guest = results["guest"]
     assert guest["measurements"] == 3 and guest["failed"] == 0 and len(guest["errors"]) == 3
 

@@ -86,3 +86,44 @@ def test_hyperv_sim_without_password_or_with_bad_fleet_exits_1(tmp_path: Path) -
     )
     assert proc.returncode == 1
     assert "fleet.yml:4: hosts[0].VMs[0].State: expected one of Other, Running" in proc.stderr
+
+
+def test_hyperv_sim_serves_a_generated_fleet(tmp_path: Path) -> None:
+    """--fleet.generate HOSTSxVMS: the benchmarks' fleet from the command line, probed by the exporter."""
+    (tmp_path / "pw").write_text("sim-test-password\n")
+    config = tmp_path / "hyperv.yml"
+    sim = subprocess.Popen(
+        [sys.executable, "-c", "from hyperv_exporter.sim.cli import main; raise SystemExit(main())",
+         "--fleet.generate", "2x30", "--fleet.seed", "7", "--password-file", str(tmp_path / "pw"),
+         "--exporter-config", str(config)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert sim.stdout is not None
+        urls = dict(sim.stdout.readline().split() for _ in range(2))
+        assert set(urls) == {"HV-GEN-0000", "HV-GEN-0001"}
+        from hyperv_exporter.host.collectors import COLLECTORS
+        from hyperv_exporter.host.config import load_config
+        from hyperv_exporter.host.probe import Prober
+        from hyperv_exporter.host.selfmetrics import ExporterMetrics
+
+        module = load_config(str(config)).modules["default"]
+        prober = Prober(ExporterMetrics(), tuple(COLLECTORS))
+        try:
+            result = prober.probe(module, "HV-GEN-0001", 30.0)
+        finally:
+            prober.stop()
+        assert result.ok and result.report is not None, result.message
+        assert len(result.report.vms) == 30 and not result.report.problems
+    finally:
+        sim.terminate()
+        sim.wait(timeout=10)
+
+
+def test_hyperv_sim_refuses_a_bad_fleet_size() -> None:
+    for bad in (["--fleet.generate", "100"], ["--fleet.generate", "0x5"], ["--fleet.generate", "1x2", "--fleet.file", "x"]):
+        proc = subprocess.run(
+            [sys.executable, "-c", "from hyperv_exporter.sim.cli import main; raise SystemExit(main())", *bad],
+            capture_output=True, text=True, env={**os.environ, "HYPERV_SIM_PASSWORD": "x"}, timeout=60, check=False,
+        )  # fmt: skip
+        assert proc.returncode != 0 and "fleet" in proc.stderr, bad

@@ -212,6 +212,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logutil.setup_logging(args.log_level, args.log_format)
     allocator.tune()  # before any probe thread exists: bounded memory with many threads (allocator.py)
+    allocator.tune_gc()  # young collections per probe, not per 700 objects (allocator.py)
     if args.config_check:
         try:
             if not args.demo:

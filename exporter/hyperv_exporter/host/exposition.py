@@ -19,7 +19,7 @@ followed by the families of every enabled collector that succeeded.
 
 from __future__ import annotations
 
-import itertools
+import io
 import logging
 from dataclasses import dataclass
 
@@ -28,7 +28,7 @@ from prometheus_client.core import Metric
 from hyperv_exporter import logutil, openmetrics
 from hyperv_exporter.host import script
 from hyperv_exporter.host.collectors import COLLECTORS
-from hyperv_exporter.host.collectors.base import CollectorContext, Escaped, Family, single
+from hyperv_exporter.host.collectors.base import CollectorContext, Escaped, Family, render_families, single
 from hyperv_exporter.host.model import HostReport
 from hyperv_exporter.host.probe import ProbeResult
 
@@ -53,10 +53,14 @@ def collector_failure(name: str, result: ProbeResult) -> str | None:
 
 @dataclass
 class _Output:
-    """One probe's families in exposition order, and their text."""
+    """One probe's families in exposition order, and their text as UTF-8 chunks (one per collector)."""
 
     families: list[Family]
-    text: str
+    chunks: list[bytes]
+
+    @property
+    def text(self) -> str:
+        return b"".join(self.chunks).decode("utf-8")
 
 
 def _script_families(report: HostReport) -> list[Family]:
@@ -103,8 +107,12 @@ def _probe_families(result: ProbeResult, timeout: float, last_success: float | N
     return families
 
 
-def _collect(result: ProbeResult, timeout: float, last_success: float | None) -> _Output:
-    """Every family for one probe result, rendered (byte for byte what ``generate_latest`` would write)."""
+def _collect(result: ProbeResult, timeout: float, last_success: float | None, keep_families: bool = False) -> _Output:
+    """Every family for one probe result, rendered (byte for byte what ``generate_latest`` would write).
+
+    The collectors' families are returned only with ``keep_families``: render() needs their text only,
+    and their samples are as many objects as the exposition has lines.
+    """
     escaped = Escaped()
     head = _probe_families(result, timeout, last_success)
     success = Family("hyperv_collector_success", "Whether a collector's part of the probe succeeded.", ("collector",))
@@ -118,26 +126,35 @@ def _collect(result: ProbeResult, timeout: float, last_success: float | None) ->
         ("collector",),
     )
     families: list[Family] = []
-    lines: list[str] = []  # the collectors' text; the head goes in front once success and duration are known
+    # Each family's text is encoded as soon as it is rendered: a 1,000-VM host's exposition is
+    # 8 MB, held once as bytes instead of as lines, a joined string (2 bytes per character as soon
+    # as one VM name is not ASCII) and bytes at the same time. The head goes in front at the end,
+    # once success and duration are known.
+    chunks: list[bytes] = []
     report = result.report
     for name in result.collectors:
         failure = collector_failure(name, result)
         ok = failure is None
         if ok and report is not None:
             ctx = CollectorContext(report=report, clock=result.clock)
-            mark = len(lines)
+            buffer = io.BytesIO()
             try:
                 produced = COLLECTORS[name]().collect(ctx)
-                # Rendered here rather than at the end, so that data a collector cannot render
-                # costs that collector's families only (hyperv_collector_success 0), not the probe.
+                # Rendered (and encoded) here rather than at the end, so that data a collector cannot
+                # render costs that collector's families only (hyperv_collector_success 0), not the probe.
                 for family in produced:
+                    lines: list[str] = []
                     family.render_into(lines, escaped)
+                    buffer.write("".join(lines).encode("utf-8"))
+                    del lines
             except Exception:
                 log.exception("collector failed", extra=logutil.fields(collector=name, target=result.target))
-                del lines[mark:]
                 ok = False
             else:
-                families.extend(produced)
+                if keep_families:
+                    families.extend(produced)
+                chunks.append(buffer.getvalue())  # the buffer itself, not a copy
+            del buffer
         success.add((name,), 1.0 if ok else 0.0)
         if report is not None:
             section = report.sections.get(COLLECTORS[name].report_section)
@@ -145,22 +162,26 @@ def _collect(result: ProbeResult, timeout: float, last_success: float | None) ->
                 duration.add((name,), section.seconds)
             vm_problems.add((name,), float(report.vm_problems.get(COLLECTORS[name].report_section, 0)))
     head += [success, duration, vm_problems]
-    head_lines: list[str] = []
-    for family in head:
-        family.render_into(head_lines, escaped)
-    return _Output([*head, *families], "".join(itertools.chain(head_lines, lines)))
+    return _Output([*head, *families], [render_families(head, escaped).encode("utf-8"), *chunks])
 
 
 def render(result: ProbeResult, timeout: float) -> bytes:
-    return _collect(result, timeout, result.collected_at).text.encode("utf-8")
+    chunks = _collect(result, timeout, result.collected_at).chunks
+    # One buffer grown in place while each chunk is dropped once copied: the exposition exists about
+    # once, not as chunks and their join side by side.
+    body = io.BytesIO()
+    chunks.reverse()
+    while chunks:
+        body.write(chunks.pop())
+    return body.getvalue()
 
 
 def render_openmetrics(result: ProbeResult, timeout: float) -> bytes:
     """:func:`render` as OpenMetrics 1.0 (for a scraper that asks for it; see hyperv_exporter.openmetrics)."""
-    output = _collect(result, timeout, result.collected_at)
+    output = _collect(result, timeout, result.collected_at, keep_families=True)  # their headers are rewritten
     return openmetrics.text_to_openmetrics(output.text, output.families).encode("utf-8")
 
 
 def families(result: ProbeResult, timeout: float) -> list[Metric]:
     """The same families as :func:`render`, as prometheus_client objects, for tests and the docs generator."""
-    return [f.to_metric() for f in _collect(result, timeout, None).families]
+    return [f.to_metric() for f in _collect(result, timeout, None, keep_families=True).families]

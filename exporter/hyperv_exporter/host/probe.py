@@ -354,9 +354,14 @@ class Prober:
             if exchange.exit_code != 0:
                 detail = clixml_errors(exchange.stderr) or "no error text"
                 raise ProbeError("powershell", f"PowerShell exited with code {exchange.exit_code}: {detail}")
-            text = report.decode_output(exchange.stdout, module.winrm.max_output_bytes)
             kvp_filter = cimxml.allowlist(module.kvp.keys, module.kvp.max_value_length)
-            result.report = report.parse_report(text, kvp_filter, frozenset(module.kvp.sources))
+            # The document's bytes are passed without a name here, so that parse_report holds the only
+            # reference and can free them once decoded (peak memory of a large host).
+            result.report = report.parse_report(
+                report.decode_bytes(exchange.stdout, module.winrm.max_output_bytes),
+                kvp_filter,
+                frozenset(module.kvp.sources),
+            )
             result.clock = ClockExchange(exchange.sent, exchange.received, exchange.return_leg)
             result.note(f"{len(result.report.vms)} VMs, {len(result.report.problems)} problems")
             for name, section in result.report.sections.items():

@@ -1,5 +1,8 @@
 """``hyperv-sim``: serve a fleet file's simulated Hyper-V hosts over WS-Management.
 
+Or a generated fleet (``--fleet.generate 100x100 --fleet.seed 1``, sim/generator.py): the input of
+the benchmarks, so that anyone can rerun one against the real exporter from the command line.
+
 Each host gets its own WinRM listener on ``--listen`` (port from the fleet file's
 ``Simulator.Port``, or a free one); the tool prints one line per host with its URL, so that an
 exporter's ``endpoints:`` map can point at it. Passwords come from the fleet file's
@@ -21,6 +24,7 @@ from pathlib import Path
 from hyperv_exporter import __version__, logutil
 from hyperv_exporter.sim.cost import MODELS, WINDOWS
 from hyperv_exporter.sim.fleet import SimFleet, demo_fleet, load_fleet, with_password
+from hyperv_exporter.sim.generator import generate_fleet
 from hyperv_exporter.sim.host import Simulator, exporter_config, use_least_privilege, winrm_block_for
 from hyperv_exporter.sim.replay import CaptureError, replay_fleet, runner_for
 from hyperv_exporter.yamlutil import YamlError
@@ -35,6 +39,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--fleet.file", dest="fleet_file", metavar="FILE",
         help="Fleet file (YAML, see docs/simulator.md). Default: the built-in demo fleet.",
+    )  # fmt: skip
+    parser.add_argument(
+        "--fleet.generate", dest="fleet_generate", metavar="HOSTSxVMS", type=_fleet_size,
+        help="Serve a generated fleet of HOSTS hosts with VMS VMs each (e.g. 100x100; sim/generator.py, "
+        "the benchmarks' input) instead of a fleet file.",
+    )  # fmt: skip
+    parser.add_argument(
+        "--fleet.seed", dest="fleet_seed", metavar="N", type=int, default=1,
+        help="Seed of --fleet.generate: the same seed gives the same fleet on every machine (default: 1).",
     )  # fmt: skip
     parser.add_argument(
         "--replay", nargs="+", metavar="FILE",
@@ -71,6 +84,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+MAX_GENERATED_VMS = 1_000_000  # hosts x VMs; a bigger fleet is a typo, not a benchmark
+
+
+def _fleet_size(text: str) -> tuple[int, int]:
+    hosts, sep, vms = text.lower().partition("x")
+    if not sep or not hosts.strip().isdigit() or not vms.strip().isdigit():
+        raise argparse.ArgumentTypeError(f"expected HOSTSxVMS, e.g. 100x100, not {text!r}")
+    size = int(hosts), int(vms)
+    if size[0] < 1 or size[0] * size[1] > MAX_GENERATED_VMS:
+        raise argparse.ArgumentTypeError(f"1 to {MAX_GENERATED_VMS:,} VMs in at least one host, not {text!r}")
+    return size
+
+
 def write_exporter_config(path: str, urls: dict[str, str], password_file: str | None, fleet: SimFleet) -> None:
     """A configuration for hyperv-exporter that probes these hosts, with the same password source, through
     the JEA endpoint when every host's account may use it (the built-in fleet's can)."""
@@ -89,9 +115,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.replay and args.fleet_file:
         print("error: --replay and --fleet.file go separately", file=sys.stderr)
         return 1
+    if args.fleet_generate and (args.fleet_file or args.replay):
+        print("error: --fleet.generate goes without --fleet.file and --replay", file=sys.stderr)
+        return 1
     try:
         if args.replay:
             fleet = replay_fleet(args.replay)
+        elif args.fleet_generate:
+            fleet = generate_fleet(*args.fleet_generate, seed=args.fleet_seed)
         else:
             # The built-in fleet shows the recommended account: only in the JEA endpoint's role group.
             fleet = load_fleet(args.fleet_file) if args.fleet_file else use_least_privilege(demo_fleet())

@@ -104,7 +104,9 @@ UNCHECKED = Identity(groups=frozenset({ADMINISTRATORS}))
 def encode_stdout(text: str, use_gzip: bool, codepage: int) -> bytes:
     """The bytes collect.ps1 prints for its JSON ``text``: gzip + base64 with ``-Gzip``, else the text."""
     if use_gzip:
-        return base64.b64encode(gzip.compress(text.encode("utf-8"), mtime=0))
+        # zlib's default level: .NET's GZipStream in CompressionMode.Compress uses CompressionLevel.Optimal,
+        # which its zlib-based Deflater maps to Z_DEFAULT_COMPRESSION (6), not Python's default 9.
+        return base64.b64encode(gzip.compress(text.encode("utf-8"), compresslevel=6, mtime=0))
     # With the console code page left at 437, non-ASCII names come out as '?' on a real host.
     return text.encode("utf-8" if codepage == 65001 else f"cp{codepage}", errors="replace")
 

@@ -32,6 +32,7 @@ _float_to_go_string: Callable[[float], str] = floatToGoString
 # vm and vm_id sort after every other label the VM families use, so collectors pass them last and
 # the families' label values are already in the sorted order the text format wants (no reordering).
 VM_LABELS = ("vm", "vm_id")
+_VM_BLOCK = '{vm="%s",vm_id="%s"} '
 
 # The legacy (pre-UTF-8) name syntax: every name here matches it, so no name ever needs quoting or
 # escaping, which is what lets a template hold the names verbatim.
@@ -39,20 +40,6 @@ _METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")  # used with fullmatch: n
 _LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 
 FamilyKind = Literal["gauge", "info"]
-
-
-class Escaped(dict[str, str]):
-    """Label value -> its text-format escape (``\\``, newline, ``"``), computed once per distinct value.
-
-    One instance serves one rendering: a VM's name and id appear in ~70 samples but are escaped once.
-    """
-
-    def __missing__(self, value: str) -> str:
-        text = value
-        if "\\" in value or "\n" in value or '"' in value:
-            text = value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
-        self[value] = text
-        return text
 
 
 def go_float(value: float) -> str:
@@ -64,8 +51,40 @@ def go_float(value: float) -> str:
     return _float_to_go_string(value)
 
 
+class Escaped(dict[str, str]):
+    """Label value -> its text-format escape (``\\``, newline, ``"``), computed once per distinct value.
+
+    One instance serves one rendering: a VM's name and id appear in ~70 samples but are escaped once.
+    It also keeps what repeats across the families of one rendering: the rendered label block of
+    each distinct label-value tuple (``{vm="web01",vm_id="..."} ``, shared by every family with the
+    same label names) and the text of each distinct sample value.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.blocks: dict[tuple[object, ...], dict[tuple[str, ...], str]] = {}
+        self.floats: dict[float, str] = {}
+
+    def __missing__(self, value: str) -> str:
+        text = value
+        if "\\" in value or "\n" in value or '"' in value:
+            text = value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
+        self[value] = text
+        return text
+
+    def value(self, value: float) -> str:
+        """:func:`go_float`, remembered per distinct value (memory sizes, versions and counts repeat)."""
+        text = self.floats.get(value)
+        if text is None:
+            text = go_float(value)
+            # Zero is left out (0.0 and -0.0 are equal keys with different texts), NaN cannot be found again.
+            if value and not math.isnan(value):
+                self.floats[value] = text
+        return text
+
+
 class Family:
-    """One metric family: name, help, label names and samples as (label values, value) tuples.
+    """One metric family: name, help, label names and samples (label values and values, side by side).
 
     ``kind="info"`` is prometheus_client's info type: the samples are named ``<name>_info``, have
     the value 1 and are exposed as a gauge, exactly as ``InfoMetricFamily`` + ``generate_latest``.
@@ -79,8 +98,9 @@ class Family:
         "kind",
         "labelnames",
         "name",
+        "sample_labels",
         "sample_name",
-        "samples",
+        "sample_values",
     )
 
     def __init__(
@@ -97,12 +117,15 @@ class Family:
         self.documentation = documentation
         self.kind = kind
         self.labelnames = tuple(labelnames)
-        self.samples: list[tuple[Sequence[str], float]] = []
+        # Two lists rather than a (labels, value) tuple per sample: a 1,000-VM probe adds 90,000
+        # samples, and tuples are objects the garbage collector tracks (docs/performance.md).
+        self.sample_labels: list[Sequence[str]] = []
+        self.sample_values: list[float] = []
         help_text = documentation.replace("\\", r"\\").replace("\n", r"\n")
         self._header = f"# HELP {sample_name} {help_text}\n# TYPE {sample_name} gauge\n"
         order = sorted(range(len(self.labelnames)), key=self.labelnames.__getitem__)
         # None when the collector passes values already in label-name order (the fast path).
-        self._order: list[int] | None = None if order == list(range(len(order))) else order
+        self._order: tuple[int, ...] | None = None if order == list(range(len(order))) else tuple(order)
         if self.labelnames:
             pairs = ",".join(f'{self.labelnames[i]}="%s"' for i in order)
             self._template = f"{sample_name}{{{pairs}}} %s\n"
@@ -111,11 +134,17 @@ class Family:
 
     def add(self, labelvalues: Sequence[str], value: float) -> None:
         """One sample; ``labelvalues`` in the order of ``labelnames``."""
-        self.samples.append((labelvalues, value))
+        self.sample_labels.append(labelvalues)
+        self.sample_values.append(value)
+
+    @property
+    def samples(self) -> list[tuple[Sequence[str], float]]:
+        """Every sample added with :meth:`add`, as (label values, value)."""
+        return list(zip(self.sample_labels, self.sample_values, strict=True))
 
     def expanded(self) -> Iterable[tuple[Sequence[str], float]]:
         """Every sample as (label values, value), in exposition order."""
-        return self.samples
+        return zip(self.sample_labels, self.sample_values, strict=True)
 
     def render(self, escaped: Escaped) -> str:
         """This family in the Prometheus text format, as ``generate_latest`` writes it."""
@@ -128,16 +157,29 @@ class Family:
         template, order = self._template, self._order
         append = lines.append
         append(self._header)
+        number = escaped.value
         if not self.labelnames:
             for _, value in self.expanded():
-                append(template % go_float(value))
+                append(template % number(value))
+        elif self.labelnames == VM_LABELS:
+            # A VM's (name, id) block is the same in a dozen families: rendered once per rendering.
+            name = self.sample_name
+            blocks = escaped.blocks.setdefault(VM_LABELS, {})
+            for labelvalues, value in self.expanded():
+                try:
+                    block = blocks.get(labelvalues)  # type: ignore[call-overload]  # any sequence; tuples in practice
+                except TypeError:  # a list: rendered every time, still right
+                    block = None
+                if block is None:
+                    block = blocks[tuple(labelvalues)] = _VM_BLOCK % tuple(map(escaped.__getitem__, labelvalues))
+                append(f"{name}{block}{number(value)}\n")
         elif order is None:
             lookup = escaped.__getitem__
             for labelvalues, value in self.expanded():
-                append(template % (*map(lookup, labelvalues), go_float(value)))
+                append(template % (*map(lookup, labelvalues), number(value)))
         else:
             for labelvalues, value in self.expanded():
-                append(template % (*[escaped[labelvalues[i]] for i in order], go_float(value)))
+                append(template % (*[escaped[labelvalues[i]] for i in order], number(value)))
 
     def to_metric(self) -> Metric:
         """The same family as a prometheus_client ``Metric`` (what GaugeMetricFamily/InfoMetricFamily build)."""
@@ -180,16 +222,34 @@ class EnumFamily(Family):
             super().render_into(lines, escaped)  # the enum label does not sort first: the general path
             return
         names = self.labelnames
-        rest = list(range(1, len(names))) if order is None else order[1:]
+        rest = tuple(range(1, len(names))) if order is None else order[1:]
+        # One text per current value with every line of an object, the rest of its labels left as a
+        # placeholder: an object's lines are then one str.replace (in C) instead of 30 concatenations.
+        # The placeholder is NUL, which no line prefix contains (names are checked, values escaped
+        # enum labels); a label value that contains it is inserted, never searched.
         prefixes = [f'{self.sample_name}{{{names[0]}="{escaped[v]}"' for v in self.values]
+        if any("\0" in prefix for prefix in prefixes):
+            super().render_into(lines, escaped)
+            return
+        texts = {
+            current: "".join(p + ("\0" + "1.0\n" if v == current else "\0" + "0.0\n")
+                             for p, v in zip(prefixes, self.values, strict=True))
+            for current in self.values
+        }  # fmt: skip
+        none_current = "".join(p + "\0" + "0.0\n" for p in prefixes)  # a value outside the set: all 0
         tail_template = "".join(f',{names[i]}="%s"' for i in rest) + "} "
+        tails = escaped.blocks.setdefault((tail_template, rest), {})
+        lookup = escaped.__getitem__
         lines.append(self._header)
-        extend = lines.extend
-        values = self.values
+        append = lines.append
         for labels, current in self.entries:
-            tail = tail_template % tuple(escaped[labels[i - 1]] for i in rest)
-            zero, one = tail + "0.0\n", tail + "1.0\n"
-            extend([p + (one if v == current else zero) for p, v in zip(prefixes, values, strict=True)])
+            try:
+                tail = tails.get(labels)  # type: ignore[call-overload]  # any sequence; tuples in practice
+            except TypeError:  # a list: rendered every time, still right
+                tail = None
+            if tail is None:
+                tail = tails[tuple(labels)] = tail_template % tuple(lookup(labels[i - 1]) for i in rest)
+            append(texts.get(current, none_current).replace("\0", tail))
 
 
 def render_families(families: Iterable[Family], escaped: Escaped | None = None) -> str:
