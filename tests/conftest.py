@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import ssl
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -12,9 +13,16 @@ from typing import Any
 import pytest
 from hypothesis import settings
 
+from hyperv_exporter.host import cimxml
 from hyperv_exporter.host.cli import Running, build_parser, start
+from hyperv_exporter.host.collectors import COLLECTORS, sections_for
+from hyperv_exporter.host.collectors.base import ClockExchange
+from hyperv_exporter.host.config import DEFAULT_KVP_KEYS
+from hyperv_exporter.host.probe import ProbeResult
+from hyperv_exporter.host.report import decode_output, parse_report
 from hyperv_exporter.sim.cost import NO_COST
-from hyperv_exporter.sim.host import SIM_WINRM, exporter_config
+from hyperv_exporter.sim.generator import generate_fleet
+from hyperv_exporter.sim.host import SIM_WINRM, HostRunner, exporter_config
 from pki import Pki
 
 REPO = Path(__file__).resolve().parent.parent
@@ -143,6 +151,21 @@ def sample(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: 
     found = [v for (n, ls), v in samples.items() if n == name and labels.items() <= dict(ls).items()]
     assert len(found) <= 1, f"{name}{labels} matches {len(found)} samples"
     return found[0] if found else None
+
+
+def thousand_vm_result() -> ProbeResult:
+    """A probe of one generated 1,000-VM host, all collectors, as the simulator answers it; the first
+    two VM names need escaping in every family that carries a name (quotes, backslash, newline)."""
+    host = generate_fleet(1, 1000, seed=11).hosts[0]
+    host.vms[0].props["Name"] = 'quote " back \\ slash'
+    host.vms[1].props["Name"] = "new\nline"
+    answer = HostRunner(host).answer(sections_for(tuple(COLLECTORS)), True, 65001)
+    report = parse_report(decode_output(answer.stdout, 1 << 27), cimxml.allowlist(DEFAULT_KVP_KEYS, 256))
+    now = time.time()
+    return ProbeResult(
+        "default", host.computer_name, tuple(COLLECTORS), now, 0.5, report=report,
+        clock=ClockExchange(now - 0.2, now + 0.1), requests=6,
+    )  # fmt: skip
 
 
 @pytest.fixture
