@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from hypothesis import settings
+from prometheus_client.parser import text_string_to_metric_families
 
 from hyperv_exporter.host import cimxml
 from hyperv_exporter.host.cli import Running, build_parser, start
@@ -20,6 +21,7 @@ from hyperv_exporter.host.collectors.base import ClockExchange
 from hyperv_exporter.host.config import DEFAULT_KVP_KEYS
 from hyperv_exporter.host.probe import ProbeResult
 from hyperv_exporter.host.report import decode_output, parse_report
+from hyperv_exporter.host.transport.settings import Secret, WinRMSettings
 from hyperv_exporter.sim.cost import NO_COST
 from hyperv_exporter.sim.generator import generate_fleet
 from hyperv_exporter.sim.host import SIM_WINRM, HostRunner, exporter_config
@@ -27,6 +29,7 @@ from pki import Pki
 
 REPO = Path(__file__).resolve().parent.parent
 IN_CI = os.environ.get("HYPERV_EXPORTER_CI") == "1"
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 # Property tests explore a fixed sequence of examples so a run is reproducible: a failure on CI is a failure
 # on every machine. HYPOTHESIS_PROFILE=explore searches fresh random examples (and keeps a local database).
@@ -125,32 +128,47 @@ class Stack:
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read().decode("utf-8")
 
-    def probe(
-        self, target: str, module: str = "default", extra: str = ""
-    ) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    def probe(self, target: str, module: str = "default", extra: str = "") -> Samples:
         """Probe and return {(sample name, sorted labels): value}."""
         from urllib.parse import quote
 
-        from prometheus_client.parser import text_string_to_metric_families
-
         status, text = self.get(f"/probe?module={quote(module)}&target={quote(target)}{extra}")
         assert status == 200, text
-        return {
-            (s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text)
-            for s in family.samples
-        }
+        return samples_of(text)
 
     def stop(self) -> None:
         self.running.stop()
         self.sim.stop()
 
 
-def sample(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str) -> float | None:
+def samples_of(text: str) -> Samples:
+    """{(sample name, sorted labels): value} of a text exposition."""
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def sample(samples: Samples, name: str, **labels: str) -> float | None:
     """The value of the one sample with this name whose labels include ``labels``."""
     found = [v for (n, ls), v in samples.items() if n == name and labels.items() <= dict(ls).items()]
     assert len(found) <= 1, f"{name}{labels} matches {len(found)} samples"
     return found[0] if found else None
+
+
+def basic_http_settings(username: str, password: str, **extra: object) -> WinRMSettings:
+    """A module's WinRM settings for Basic auth over plain HTTP without message encryption (the
+    simulator on loopback); ``extra``: more settings (protocol, caps)."""
+    return WinRMSettings(
+        scheme="http",
+        transport="basic",
+        username=username,
+        password=Secret(password),
+        allow_unencrypted=True,
+        message_encryption="never",
+        **extra,  # type: ignore[arg-type]
+    )
 
 
 def thousand_vm_result() -> ProbeResult:
