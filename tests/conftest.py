@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import ssl
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,8 @@ from hyperv_exporter.host.transport.settings import Secret, WinRMSettings
 from hyperv_exporter.sim.cost import NO_COST
 from hyperv_exporter.sim.generator import generate_fleet
 from hyperv_exporter.sim.host import SIM_WINRM, HostRunner, exporter_config
+from hyperv_exporter.web import Handler, WebServer
+from hyperv_exporter.web.server import DEFAULT_MAX_CONNECTIONS
 from pki import Pki
 
 REPO = Path(__file__).resolve().parent.parent
@@ -184,6 +187,29 @@ def thousand_vm_result() -> ProbeResult:
         "default", host.computer_name, tuple(COLLECTORS), now, 0.5, report=report,
         clock=ClockExchange(now - 0.2, now + 0.1), requests=6,
     )  # fmt: skip
+
+
+@contextlib.contextmanager
+def serving(
+    handler: Handler,
+    config: Path | None = None,
+    addresses: Sequence[str] = ("127.0.0.1:0",),
+    max_connections: int = DEFAULT_MAX_CONNECTIONS,
+) -> Iterator[WebServer]:
+    """A WebServer named "test" (on a free loopback port unless ``addresses``), with ``config`` as its
+    web config file if given; stopped on the way out."""
+    server = WebServer(
+        list(addresses),
+        handler,
+        web_config_file=str(config) if config else None,
+        name="test",
+        max_connections=max_connections,
+    )
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture

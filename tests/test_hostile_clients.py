@@ -25,6 +25,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest import serving
 from hyperv_exporter import logutil
 from hyperv_exporter.host.cli import Running, build_parser, start
 from hyperv_exporter.web import Request, Response, WebServer
@@ -312,16 +313,6 @@ def test_a_reload_that_removes_auth_is_refused(tmp_path: Path, program: str, wea
 
 
 # -- helpers ----------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def serving(handler: object, max_connections: int = 1024) -> Iterator[WebServer]:
-    server = WebServer(["127.0.0.1:0"], handler, name="test", max_connections=max_connections)  # type: ignore[arg-type]
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def fetch(server: WebServer, path: str) -> tuple[int, bytes]:

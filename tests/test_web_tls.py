@@ -6,19 +6,18 @@ for 127.0.0.1/localhost, client certificates (good, other SAN, expired, from an 
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import os
 import shutil
 import socket
 import ssl
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from conftest import serving
 from hyperv_exporter.web import Request, Response, WebConfigError, WebServer, load_web_config
 from hyperv_exporter.web import reload as reload_module
 from hyperv_exporter.web.config import CIPHER_SUITES, TLSServerConfig, read_web_config
@@ -30,16 +29,6 @@ FIXTURES = Path(__file__).parent / "fixtures" / "web"
 
 def echo(request: Request) -> Response:
     return Response(body=f"{request.method} {request.path} user={request.user}\n")
-
-
-@contextlib.contextmanager
-def serving(config: Path, handler=echo) -> Iterator[WebServer]:  # type: ignore[no-untyped-def]
-    server = WebServer(["127.0.0.1:0"], handler, web_config_file=str(config), name="test")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def client_context(
@@ -87,13 +76,13 @@ def tls_config(tmp_path: Path, pki: Pki, extra: str = "") -> Path:
 
 
 def test_https_get(tmp_path: Path, pki: Pki) -> None:
-    with serving(tls_config(tmp_path, pki)) as server:
+    with serving(echo, tls_config(tmp_path, pki)) as server:
         assert server.urls[0].startswith("https://127.0.0.1:")
         assert get(server, client_context(pki), "/metrics") == (200, b"GET /metrics user=None\n")
 
 
 def test_plain_http_to_tls_port_fails_cleanly(tmp_path: Path, pki: Pki) -> None:
-    with serving(tls_config(tmp_path, pki)) as server:
+    with serving(echo, tls_config(tmp_path, pki)) as server:
         host, port = server.addresses[0]
         conn = http.client.HTTPConnection(host, port, timeout=10)
         with pytest.raises((OSError, http.client.HTTPException)):
@@ -104,7 +93,7 @@ def test_plain_http_to_tls_port_fails_cleanly(tmp_path: Path, pki: Pki) -> None:
 
 
 def test_min_version_tls13_refuses_tls12_clients(tmp_path: Path, pki: Pki) -> None:
-    with serving(tls_config(tmp_path, pki, "  min_version: TLS13\n")) as server:
+    with serving(echo, tls_config(tmp_path, pki, "  min_version: TLS13\n")) as server:
         assert get(server, client_context(pki))[0] == 200
         assert_refused(server, client_context(pki, max_version=ssl.TLSVersion.TLSv1_2))
 
@@ -115,7 +104,7 @@ def test_cipher_suites_and_curve_apply(tmp_path: Path, pki: Pki) -> None:
         "  cipher_suites: [TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384]\n"
         "  curve_preferences: [CurveP384]\n"
     )
-    with serving(tls_config(tmp_path, pki, extra)) as server:
+    with serving(echo, tls_config(tmp_path, pki, extra)) as server:
         host, port = server.addresses[0]
         ctx = client_context(pki)
         with ctx.wrap_socket(socket.create_connection((host, port), timeout=10), server_hostname=host) as tls:
@@ -133,7 +122,7 @@ def mtls_config(tmp_path: Path, pki: Pki, auth_type: str = "RequireAndVerifyClie
 
 
 def test_client_cert_required_and_verified(tmp_path: Path, pki: Pki) -> None:
-    with serving(mtls_config(tmp_path, pki)) as server:
+    with serving(echo, mtls_config(tmp_path, pki)) as server:
         assert get(server, client_context(pki, pki.client))[0] == 200
         assert_refused(server, client_context(pki))  # no certificate
         assert_refused(server, client_context(pki, pki.stranger_client))
@@ -142,7 +131,7 @@ def test_client_cert_required_and_verified(tmp_path: Path, pki: Pki) -> None:
 
 
 def test_client_cert_verified_if_given(tmp_path: Path, pki: Pki) -> None:
-    with serving(mtls_config(tmp_path, pki, "VerifyClientCertIfGiven")) as server:
+    with serving(echo, mtls_config(tmp_path, pki, "VerifyClientCertIfGiven")) as server:
         assert get(server, client_context(pki))[0] == 200
         assert get(server, client_context(pki, pki.client))[0] == 200
         assert_refused(server, client_context(pki, pki.stranger_client))
@@ -151,7 +140,7 @@ def test_client_cert_verified_if_given(tmp_path: Path, pki: Pki) -> None:
 @pytest.mark.parametrize("allowed", ["client.example", "spiffe://hyperv/prometheus"])
 def test_san_allowlist(tmp_path: Path, pki: Pki, allowed: str) -> None:
     extra = f"  client_allowed_sans: ['{allowed}', 'someone.else']\n"
-    with serving(mtls_config(tmp_path, pki, extra=extra)) as server:
+    with serving(echo, mtls_config(tmp_path, pki, extra=extra)) as server:
         assert get(server, client_context(pki, pki.client))[0] == 200
         status, body = get(server, client_context(pki, pki.intruder_client))
         assert status == 403
@@ -196,7 +185,7 @@ def test_relative_paths_resolve_against_the_config_directory(
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
-    with serving(Path(os.path.relpath(config, elsewhere))) as server:
+    with serving(echo, Path(os.path.relpath(config, elsewhere))) as server:
         assert get(server, client_context(pki, pki.client))[0] == 200
 
 
@@ -251,7 +240,7 @@ def test_inline_cert_key_and_client_ca(tmp_path: Path, pki: Pki) -> None:
         f"  client_ca: {block(pki.ca.cert.read_text())}"
         "  client_auth_type: RequireAndVerifyClientCert\n",
     )
-    with serving(config) as server:
+    with serving(echo, config) as server:
         assert get(server, client_context(pki, pki.client))[0] == 200
         assert_refused(server, client_context(pki))
 
@@ -328,7 +317,7 @@ def test_certificate_rotation_without_restart(tmp_path: Path, pki: Pki, monkeypa
     def der(pair: Issued) -> bytes:
         return x509.load_pem_x509_certificate(pair.cert.read_bytes()).public_bytes(serialization.Encoding.DER)
 
-    with serving(config) as server:
+    with serving(echo, config) as server:
         assert served_cert(server) == der(pki.server)
         shutil.copy(pki.server2.cert, live / "tls.crt")
         shutil.copy(pki.server2.key, live / "tls.key")
@@ -346,7 +335,7 @@ def test_turning_tls_off_needs_a_restart(
 ) -> None:
     monkeypatch.setattr(reload_module, "CHECK_INTERVAL", 0.0)
     config = tls_config(tmp_path, pki)
-    with serving(config) as server:
+    with serving(echo, config) as server:
         config.write_text("basic_auth_users: {}\n")
         _bump_mtime(config, 10)
         assert get(server, client_context(pki))[0] == 200
