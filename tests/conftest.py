@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import http.client
 import os
 import shutil
 import ssl
@@ -210,6 +211,21 @@ def serving(
         yield server
     finally:
         server.stop()
+
+
+def fetch(server: WebServer, path: str = "/", context: ssl.SSLContext | None = None) -> tuple[int, bytes]:
+    """GET ``path`` from the server's first address (over HTTPS with ``context``): status and body."""
+    host, port = server.addresses[0]
+    if context is None:
+        conn = http.client.HTTPConnection(host, port, timeout=10)
+    else:
+        conn = http.client.HTTPSConnection(host, port, context=context, timeout=10)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import serving
+from conftest import fetch, serving
 from hyperv_exporter import logutil
 from hyperv_exporter.host.cli import Running, build_parser, start
 from hyperv_exporter.web import Request, Response, WebServer
@@ -313,17 +313,6 @@ def test_a_reload_that_removes_auth_is_refused(tmp_path: Path, program: str, wea
 
 
 # -- helpers ----------------------------------------------------------------------------------------
-
-
-def fetch(server: WebServer, path: str) -> tuple[int, bytes]:
-    host, port = server.addresses[0]
-    conn = http.client.HTTPConnection(host, port, timeout=10)
-    try:
-        conn.request("GET", path)
-        response = conn.getresponse()
-        return response.status, response.read()
-    finally:
-        conn.close()
 
 
 def raw_exchange(server: WebServer, data: bytes) -> bytes:

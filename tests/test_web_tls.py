@@ -17,7 +17,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from conftest import serving
+from conftest import fetch, serving
 from hyperv_exporter.web import Request, Response, WebConfigError, WebServer, load_web_config
 from hyperv_exporter.web import reload as reload_module
 from hyperv_exporter.web.config import CIPHER_SUITES, TLSServerConfig, read_web_config
@@ -42,22 +42,11 @@ def client_context(
     return ctx
 
 
-def get(server: WebServer, ctx: ssl.SSLContext, path: str = "/") -> tuple[int, bytes]:
-    host, port = server.addresses[0]
-    conn = http.client.HTTPSConnection(host, port, context=ctx, timeout=10)
-    try:
-        conn.request("GET", path)
-        response = conn.getresponse()
-        return response.status, response.read()
-    finally:
-        conn.close()
-
-
 def assert_refused(server: WebServer, ctx: ssl.SSLContext) -> None:
     # With TLS 1.3 the client finishes its side of the handshake before the server checks the client
     # certificate, so the refusal shows up on connect or on the first read.
     with pytest.raises((OSError, http.client.HTTPException)):
-        get(server, ctx)
+        fetch(server, context=ctx)
 
 
 def write_config(path: Path, text: str) -> Path:
@@ -78,7 +67,7 @@ def tls_config(tmp_path: Path, pki: Pki, extra: str = "") -> Path:
 def test_https_get(tmp_path: Path, pki: Pki) -> None:
     with serving(echo, tls_config(tmp_path, pki)) as server:
         assert server.urls[0].startswith("https://127.0.0.1:")
-        assert get(server, client_context(pki), "/metrics") == (200, b"GET /metrics user=None\n")
+        assert fetch(server, "/metrics", client_context(pki)) == (200, b"GET /metrics user=None\n")
 
 
 def test_plain_http_to_tls_port_fails_cleanly(tmp_path: Path, pki: Pki) -> None:
@@ -89,12 +78,12 @@ def test_plain_http_to_tls_port_fails_cleanly(tmp_path: Path, pki: Pki) -> None:
             conn.request("GET", "/")
             conn.getresponse().read()
         conn.close()
-        assert get(server, client_context(pki))[0] == 200  # the server is still fine
+        assert fetch(server, context=client_context(pki))[0] == 200  # the server is still fine
 
 
 def test_min_version_tls13_refuses_tls12_clients(tmp_path: Path, pki: Pki) -> None:
     with serving(echo, tls_config(tmp_path, pki, "  min_version: TLS13\n")) as server:
-        assert get(server, client_context(pki))[0] == 200
+        assert fetch(server, context=client_context(pki))[0] == 200
         assert_refused(server, client_context(pki, max_version=ssl.TLSVersion.TLSv1_2))
 
 
@@ -123,17 +112,17 @@ def mtls_config(tmp_path: Path, pki: Pki, auth_type: str = "RequireAndVerifyClie
 
 def test_client_cert_required_and_verified(tmp_path: Path, pki: Pki) -> None:
     with serving(echo, mtls_config(tmp_path, pki)) as server:
-        assert get(server, client_context(pki, pki.client))[0] == 200
+        assert fetch(server, context=client_context(pki, pki.client))[0] == 200
         assert_refused(server, client_context(pki))  # no certificate
         assert_refused(server, client_context(pki, pki.stranger_client))
         assert_refused(server, client_context(pki, pki.expired_client))
-        assert get(server, client_context(pki, pki.client))[0] == 200  # still serving
+        assert fetch(server, context=client_context(pki, pki.client))[0] == 200  # still serving
 
 
 def test_client_cert_verified_if_given(tmp_path: Path, pki: Pki) -> None:
     with serving(echo, mtls_config(tmp_path, pki, "VerifyClientCertIfGiven")) as server:
-        assert get(server, client_context(pki))[0] == 200
-        assert get(server, client_context(pki, pki.client))[0] == 200
+        assert fetch(server, context=client_context(pki))[0] == 200
+        assert fetch(server, context=client_context(pki, pki.client))[0] == 200
         assert_refused(server, client_context(pki, pki.stranger_client))
 
 
@@ -141,8 +130,8 @@ def test_client_cert_verified_if_given(tmp_path: Path, pki: Pki) -> None:
 def test_san_allowlist(tmp_path: Path, pki: Pki, allowed: str) -> None:
     extra = f"  client_allowed_sans: ['{allowed}', 'someone.else']\n"
     with serving(echo, mtls_config(tmp_path, pki, extra=extra)) as server:
-        assert get(server, client_context(pki, pki.client))[0] == 200
-        status, body = get(server, client_context(pki, pki.intruder_client))
+        assert fetch(server, context=client_context(pki, pki.client))[0] == 200
+        status, body = fetch(server, context=client_context(pki, pki.intruder_client))
         assert status == 403
         assert b"client certificate not allowed" in body
 
@@ -186,7 +175,7 @@ def test_relative_paths_resolve_against_the_config_directory(
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
     with serving(echo, Path(os.path.relpath(config, elsewhere))) as server:
-        assert get(server, client_context(pki, pki.client))[0] == 200
+        assert fetch(server, context=client_context(pki, pki.client))[0] == 200
 
 
 def test_missing_key_file_is_named(tmp_path: Path, pki: Pki) -> None:
@@ -241,7 +230,7 @@ def test_inline_cert_key_and_client_ca(tmp_path: Path, pki: Pki) -> None:
         "  client_auth_type: RequireAndVerifyClientCert\n",
     )
     with serving(echo, config) as server:
-        assert get(server, client_context(pki, pki.client))[0] == 200
+        assert fetch(server, context=client_context(pki, pki.client))[0] == 200
         assert_refused(server, client_context(pki))
 
 
@@ -338,5 +327,5 @@ def test_turning_tls_off_needs_a_restart(
     with serving(echo, config) as server:
         config.write_text("basic_auth_users: {}\n")
         _bump_mtime(config, 10)
-        assert get(server, client_context(pki))[0] == 200
+        assert fetch(server, context=client_context(pki))[0] == 200
     assert "turning TLS off needs a restart" in caplog.text

@@ -53,13 +53,7 @@ from pypsrp.wsman import WSMan, _TransportHTTP
 
 from hyperv_exporter import logutil
 from hyperv_exporter.host.script import host_filterable
-from hyperv_exporter.host.transport.errors import (
-    ACCESS_DENIED_HINT,
-    WSMAN_ACCESS_DENIED,
-    KeptRule,
-    ProbeError,
-    excerpt,
-)
+from hyperv_exporter.host.transport.errors import ACCESS_DENIED_HINT, WSMAN_ACCESS_DENIED, KeptRule, ProbeError, excerpt
 from hyperv_exporter.host.transport.http import RESOLVER, HardenedHTTP, UnsafeResponse, system_ca_path
 from hyperv_exporter.host.transport.settings import WinRMSettings
 from hyperv_exporter.host.transport.winrs import Exchange, classify, return_leg_bound

@@ -34,13 +34,7 @@ from winrm.protocol import Protocol
 
 from hyperv_exporter import logutil
 from hyperv_exporter.host.script import SCRIPT_ENV, probe_command
-from hyperv_exporter.host.transport.errors import (
-    ACCESS_DENIED_HINT,
-    WSMAN_ACCESS_DENIED,
-    KeptRule,
-    ProbeError,
-    excerpt,
-)
+from hyperv_exporter.host.transport.errors import ACCESS_DENIED_HINT, WSMAN_ACCESS_DENIED, KeptRule, ProbeError, excerpt
 from hyperv_exporter.host.transport.http import (
     AuthenticationSkipped,
     DeadlineExceeded,
