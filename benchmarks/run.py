@@ -92,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--skip",
         default="",
-        help="comma-separated parts to skip: " + ", ".join(["host", "fleet", "guest", *(x.name for x in PARTS), "cost"]),
+        help="comma-separated parts to skip: "
+        + ", ".join(["host", "fleet", "guest", *(x.name for x in PARTS), "cost"]),
     )
     for part in PARTS:
         part.options(p)
