@@ -2,23 +2,38 @@
 
 from __future__ import annotations
 
+import contextlib
+import http.client
 import os
 import shutil
 import ssl
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import settings
+from prometheus_client.parser import text_string_to_metric_families
 
+from hyperv_exporter.host import cimxml
 from hyperv_exporter.host.cli import Running, build_parser, start
+from hyperv_exporter.host.collectors import COLLECTORS, sections_for
+from hyperv_exporter.host.collectors.base import ClockExchange
+from hyperv_exporter.host.config import DEFAULT_KVP_KEYS
+from hyperv_exporter.host.probe import ProbeResult
+from hyperv_exporter.host.report import decode_output, parse_report
+from hyperv_exporter.host.transport.settings import Secret, WinRMSettings
 from hyperv_exporter.sim.cost import NO_COST
-from hyperv_exporter.sim.host import SIM_WINRM, exporter_config
+from hyperv_exporter.sim.generator import generate_fleet
+from hyperv_exporter.sim.host import SIM_WINRM, HostRunner, exporter_config
+from hyperv_exporter.web import Handler, WebServer
+from hyperv_exporter.web.server import DEFAULT_MAX_CONNECTIONS
 from pki import Pki
 
 REPO = Path(__file__).resolve().parent.parent
 IN_CI = os.environ.get("HYPERV_EXPORTER_CI") == "1"
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 # Property tests explore a fixed sequence of examples so a run is reproducible: a failure on CI is a failure
 # on every machine. HYPOTHESIS_PROFILE=explore searches fresh random examples (and keeps a local database).
@@ -117,32 +132,100 @@ class Stack:
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read().decode("utf-8")
 
-    def probe(
-        self, target: str, module: str = "default", extra: str = ""
-    ) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    def probe(self, target: str, module: str = "default", extra: str = "") -> Samples:
         """Probe and return {(sample name, sorted labels): value}."""
         from urllib.parse import quote
 
-        from prometheus_client.parser import text_string_to_metric_families
-
         status, text = self.get(f"/probe?module={quote(module)}&target={quote(target)}{extra}")
         assert status == 200, text
-        return {
-            (s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text)
-            for s in family.samples
-        }
+        return samples_of(text)
 
     def stop(self) -> None:
         self.running.stop()
         self.sim.stop()
 
 
-def sample(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str) -> float | None:
+def samples_of(text: str) -> Samples:
+    """{(sample name, sorted labels): value} of a text exposition."""
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def sample(samples: Samples, name: str, **labels: str) -> float | None:
     """The value of the one sample with this name whose labels include ``labels``."""
     found = [v for (n, ls), v in samples.items() if n == name and labels.items() <= dict(ls).items()]
     assert len(found) <= 1, f"{name}{labels} matches {len(found)} samples"
     return found[0] if found else None
+
+
+def basic_http_settings(username: str, password: str, **extra: object) -> WinRMSettings:
+    """A module's WinRM settings for Basic auth over plain HTTP without message encryption (the
+    simulator on loopback); ``extra``: more settings (protocol, caps)."""
+    return WinRMSettings(
+        scheme="http",
+        transport="basic",
+        username=username,
+        password=Secret(password),
+        allow_unencrypted=True,
+        message_encryption="never",
+        **extra,  # type: ignore[arg-type]
+    )
+
+
+def thousand_vm_result() -> ProbeResult:
+    """A probe of one generated 1,000-VM host, all collectors, as the simulator answers it; the first
+    two VM names need escaping in every family that carries a name (quotes, backslash, newline)."""
+    host = generate_fleet(1, 1000, seed=11).hosts[0]
+    host.vms[0].props["Name"] = 'quote " back \\ slash'
+    host.vms[1].props["Name"] = "new\nline"
+    answer = HostRunner(host).answer(sections_for(tuple(COLLECTORS)), True, 65001)
+    report = parse_report(decode_output(answer.stdout, 1 << 27), cimxml.allowlist(DEFAULT_KVP_KEYS, 256))
+    now = time.time()
+    return ProbeResult(
+        "default", host.computer_name, tuple(COLLECTORS), now, 0.5, report=report,
+        clock=ClockExchange(now - 0.2, now + 0.1), requests=6,
+    )  # fmt: skip
+
+
+@contextlib.contextmanager
+def serving(
+    handler: Handler,
+    config: Path | None = None,
+    addresses: Sequence[str] = ("127.0.0.1:0",),
+    max_connections: int = DEFAULT_MAX_CONNECTIONS,
+) -> Iterator[WebServer]:
+    """A WebServer named "test" (on a free loopback port unless ``addresses``), with ``config`` as its
+    web config file if given; stopped on the way out."""
+    server = WebServer(
+        list(addresses),
+        handler,
+        web_config_file=str(config) if config else None,
+        name="test",
+        max_connections=max_connections,
+    )
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def fetch(server: WebServer, path: str = "/", context: ssl.SSLContext | None = None) -> tuple[int, bytes]:
+    """GET ``path`` from the server's first address (over HTTPS with ``context``): status and body."""
+    host, port = server.addresses[0]
+    if context is None:
+        conn = http.client.HTTPConnection(host, port, timeout=10)
+    else:
+        conn = http.client.HTTPSConnection(host, port, context=context, timeout=10)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
 
 
 @pytest.fixture

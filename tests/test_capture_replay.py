@@ -14,12 +14,12 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
+from conftest import Samples, basic_http_settings, samples_of
 from hyperv_exporter.host import script
 from hyperv_exporter.host.cli import Running, build_parser, start
 from hyperv_exporter.host.collectors import COLLECTORS, sections_for
-from hyperv_exporter.host.transport.settings import Secret, WinRMSettings
+from hyperv_exporter.host.transport.settings import WinRMSettings
 from hyperv_exporter.sim import capture
 from hyperv_exporter.sim.capture import Pseudonyms, capture_run, pseudonymize, pseudonymize_document
 from hyperv_exporter.sim.fleet import SimFleet, demo_fleet, with_password
@@ -40,7 +40,6 @@ SECTIONS = sections_for(list(COLLECTORS))
 CAPTURES = sorted((REPO / "tests" / "fixtures" / "captures").glob("*.json"))
 CAPTURE_SCRIPT = REPO / "deploy" / "windows" / "capture-collection.ps1"
 PASSWORD = "Capture-Replay-pw1"
-Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 # Values that differ between two probes of one live host anyway: durations, request counts (a new
 # shell), uptimes and "now"-relative times, the measured clock offset. Their series must match;
 # their values only within a tolerance (None: any value).
@@ -80,12 +79,7 @@ class Exporter:
     def probe(self, module: str, target: str) -> Samples:
         url = f"{self.url}/probe?module={quote(module)}&target={quote(target)}"
         with urllib.request.urlopen(url, timeout=60) as response:
-            text = response.read().decode()
-        return {
-            (s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text)
-            for s in family.samples
-        }
+            return samples_of(response.read().decode())
 
 
 def serve(fleet: SimFleet) -> Simulator:
@@ -95,10 +89,7 @@ def serve(fleet: SimFleet) -> Simulator:
 
 
 def settings() -> WinRMSettings:
-    return WinRMSettings(
-        scheme="http", transport="basic", username="monitor", password=Secret(PASSWORD),
-        allow_unencrypted=True, message_encryption="never",
-    )  # fmt: skip
+    return basic_http_settings("monitor", PASSWORD)
 
 
 def capture_files(simulator: Simulator, names: Sequence[str], out: Path, pseudonymized: bool = False) -> list[Path]:

@@ -12,9 +12,7 @@ import json
 import logging
 import os
 import re
-import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -27,9 +25,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest import fetch, serving
 from hyperv_exporter import logutil
 from hyperv_exporter.host.cli import Running, build_parser, start
 from hyperv_exporter.web import Request, Response, WebServer
+from programs import ServedProgram
 
 USER, PASSWORD = "prometheus", "Web-Pa55word-for-hostile-tests"
 GUEST_ROOT = Path(__file__).parent / "fixtures" / "guest" / "hyperv-root"
@@ -260,25 +260,9 @@ def test_fuzzed_requests_get_an_http_answer_never_a_500_and_never_raw_bytes_in_t
 # -- a reload never weakens security silently, in both programs -----------------------------------------
 
 
-class Program:
+class Program(ServedProgram):
     def __init__(self, argv: list[str], directory: Path) -> None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = int(s.getsockname()[1])
-        self.log = directory / "program.log"
-        self._log = self.log.open("wb")
-        self.proc = subprocess.Popen(
-            [*argv, "--web.listen-address", f"127.0.0.1:{self.port}"],
-            cwd=directory, stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )  # fmt: skip
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return
-            except OSError:
-                assert self.proc.poll() is None and time.monotonic() < deadline, self.log.read_text()
-                time.sleep(0.1)
+        super().__init__(argv, directory, "program.log")
 
     def get(self, path: str, auth: bool = True) -> tuple[int, str]:
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
@@ -289,15 +273,6 @@ class Program:
             return response.status, response.read().decode()
         finally:
             conn.close()
-
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(15)
-        finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
-            self._log.close()
 
 
 PROGRAMS = {
@@ -338,27 +313,6 @@ def test_a_reload_that_removes_auth_is_refused(tmp_path: Path, program: str, wea
 
 
 # -- helpers ----------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def serving(handler: object, max_connections: int = 1024) -> Iterator[WebServer]:
-    server = WebServer(["127.0.0.1:0"], handler, name="test", max_connections=max_connections)  # type: ignore[arg-type]
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-def fetch(server: WebServer, path: str) -> tuple[int, bytes]:
-    host, port = server.addresses[0]
-    conn = http.client.HTTPConnection(host, port, timeout=10)
-    try:
-        conn.request("GET", path)
-        response = conn.getresponse()
-        return response.status, response.read()
-    finally:
-        conn.close()
 
 
 def raw_exchange(server: WebServer, data: bytes) -> bytes:

@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import time
 import urllib.request
 from collections.abc import Iterable, Iterator
 
@@ -21,17 +20,11 @@ from prometheus_client.core import Metric
 from prometheus_client.openmetrics.exposition import generate_latest as om_generate_latest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as om_parse
 
-from conftest import Stack
+from conftest import Stack, thousand_vm_result
 from hyperv_exporter import metricsdoc
 from hyperv_exporter.guest.handler import make_handler
-from hyperv_exporter.host import cimxml, exposition
-from hyperv_exporter.host.collectors import COLLECTORS, sections_for
-from hyperv_exporter.host.collectors.base import ClockExchange
-from hyperv_exporter.host.config import DEFAULT_KVP_KEYS
+from hyperv_exporter.host import exposition
 from hyperv_exporter.host.probe import ProbeResult
-from hyperv_exporter.host.report import decode_output, parse_report
-from hyperv_exporter.sim.generator import generate_fleet
-from hyperv_exporter.sim.host import HostRunner
 from hyperv_exporter.web import Request
 
 # What Prometheus 2.x/3.x sends (scrape_protocols default, text and OpenMetrics preferred in order).
@@ -61,16 +54,7 @@ def test_probe_openmetrics_is_client_pythons_on_the_demo_fleet(index: int) -> No
 
 
 def test_probe_openmetrics_is_client_pythons_on_a_large_host_with_escaping() -> None:
-    host = generate_fleet(1, 1000, seed=11).hosts[0]
-    host.vms[0].props["Name"] = 'quote " back \\ slash'
-    host.vms[1].props["Name"] = "new\nline"
-    answer = HostRunner(host).answer(sections_for(tuple(COLLECTORS)), True, 65001)
-    report = parse_report(decode_output(answer.stdout, 1 << 27), cimxml.allowlist(DEFAULT_KVP_KEYS, 256))
-    now = time.time()
-    result = ProbeResult(
-        "default", host.computer_name, tuple(COLLECTORS), now, 0.5, report=report,
-        clock=ClockExchange(now - 0.2, now + 0.1), requests=6,
-    )  # fmt: skip
+    result = thousand_vm_result()
     assert_like_client_python(result)
     families = {f.name: f for f in om_parse(exposition.render_openmetrics(result, 9.5).decode("utf-8"))}
     assert families["hyperv_vm"].type == "info" and families["hyperv_vm_state"].type == "gauge"

@@ -8,7 +8,6 @@ converted with ``to_metric``), and ``to_metric`` itself against prometheus_clien
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Sequence
 
 from hypothesis import given, settings
@@ -16,14 +15,9 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
 
-from hyperv_exporter.host import cimxml, exposition
-from hyperv_exporter.host.collectors import COLLECTORS, sections_for
-from hyperv_exporter.host.collectors.base import ClockExchange, EnumFamily, Escaped, Family, go_float, render_families
-from hyperv_exporter.host.config import DEFAULT_KVP_KEYS
-from hyperv_exporter.host.probe import ProbeResult
-from hyperv_exporter.host.report import decode_output, parse_report
-from hyperv_exporter.sim.generator import generate_fleet
-from hyperv_exporter.sim.host import HostRunner
+from conftest import thousand_vm_result
+from hyperv_exporter.host import exposition
+from hyperv_exporter.host.collectors.base import EnumFamily, Escaped, Family, go_float, render_families
 
 
 class _Fixed:
@@ -161,17 +155,7 @@ def test_go_float_is_float_to_go_string() -> None:
 
 
 def test_a_thousand_vm_host_renders_exactly_like_generate_latest() -> None:
-    host = generate_fleet(1, 1000, seed=11).hosts[0]
-    # Exercise escaping in every family that carries a name: quotes, backslashes, newlines.
-    host.vms[0].props["Name"] = 'quote " back \\ slash'
-    host.vms[1].props["Name"] = "new\nline"
-    answer = HostRunner(host).answer(sections_for(tuple(COLLECTORS)), True, 65001)
-    report = parse_report(decode_output(answer.stdout, 1 << 27), cimxml.allowlist(DEFAULT_KVP_KEYS, 256))
-    now = time.time()
-    result = ProbeResult(
-        "default", host.computer_name, tuple(COLLECTORS), now, 0.5, report=report,
-        clock=ClockExchange(now - 0.2, now + 0.1), requests=6,
-    )  # fmt: skip
+    result = thousand_vm_result()  # with names to escape in every family that carries one
     output = exposition._collect(result, 9.5, result.started + result.duration, keep_families=True)  # as render()
     rendered = output.text.encode()
     assert rendered == generate_latest_of([f.to_metric() for f in output.families])

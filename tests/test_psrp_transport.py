@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from conftest import ConfigurableStack, StackFactory, https_winrm, sample
+from conftest import ConfigurableStack, StackFactory, basic_http_settings, https_winrm, sample
 from hyperv_exporter.sim.wsman import Fault
 from hyperv_exporter.sim.wsman_psrp import PoolInfo
 from pki import Pki
@@ -16,14 +16,7 @@ from pki import Pki
 TARGET = "HV-LONDON-01"
 COLLECTORS = ("host", "vm", "integration_services", "kvp", "resources", "replication", "checkpoints")
 
-PSRP_BASIC_HTTP = """      protocol: psrp
-      scheme: http
-      transport: basic
-      allow_unencrypted: true
-      message_encryption: never
-      username: monitor
-      password_file: {password_file}
-      max_output_bytes: 8MiB"""
+PSRP_BASIC_HTTP = ConfigurableStack.DEFAULT_WINRM.replace("protocol: winrs", "protocol: psrp")
 
 PSRP_NTLM_HTTP = """      protocol: psrp
       scheme: http
@@ -208,7 +201,6 @@ def test_a_redirect_is_never_followed() -> None:
     from hyperv_exporter.host import script
     from hyperv_exporter.host.transport.errors import ProbeError
     from hyperv_exporter.host.transport.psrp import PSRPSession
-    from hyperv_exporter.host.transport.settings import Secret, WinRMSettings
 
     reached: list[str] = []
 
@@ -239,14 +231,7 @@ def test_a_redirect_is_never_followed() -> None:
     for thread in threads:
         thread.start()
     try:
-        settings = WinRMSettings(
-            scheme="http",
-            transport="basic",
-            username="monitor",
-            password=Secret("redirect-test-password"),
-            allow_unencrypted=True,
-            message_encryption="never",
-        )
+        settings = basic_http_settings("monitor", "redirect-test-password")
         session = PSRPSession(f"http://127.0.0.1:{redirecting.server_port}/wsman", settings, script.script_text())
         with pytest.raises(ProbeError, match="redirect") as raised:
             session.collect(["vm"], True, time.monotonic() + 5)

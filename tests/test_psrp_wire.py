@@ -7,7 +7,8 @@ from __future__ import annotations
 import base64
 import struct
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import pytest
 from defusedxml.ElementTree import fromstring
@@ -32,6 +33,27 @@ def run(pool: PoolInfo, commands: list[Command]) -> PipelineResult:
     return PipelineResult(output=["first", "second"])
 
 
+@contextmanager
+def pool_on_sim(
+    runner: Callable[[PoolInfo, list[Command]], PipelineResult],
+) -> Iterator[tuple[WSManEndpoint, RunspacePool]]:
+    """A runspace pool opened by real pypsrp (Basic, plain HTTP) on a simulated endpoint whose
+    pipelines ``runner`` answers; the pool is closed on the way out."""
+    endpoint = WSManEndpoint(lambda *args: None, users={"monitor": "pw"}, psrp_runner=runner)  # type: ignore[arg-type,return-value]
+    with endpoint:
+        wsman = WSMan(
+            "127.0.0.1",
+            port=endpoint.port,
+            ssl=False,
+            auth="basic",
+            username="monitor",
+            password="pw",
+            encryption="never",
+        )
+        with RunspacePool(wsman) as pool:
+            yield endpoint, pool
+
+
 @pytest.fixture
 def conversation(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[ET.Element, ET.Element]]]:
     """(request, response) envelopes of one pool opened, one pipeline run, the pool closed."""
@@ -46,22 +68,11 @@ def conversation(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[ET.Elem
         return response
 
     monkeypatch.setattr(_TransportHTTP, "_send_request", recording)
-    endpoint = WSManEndpoint(lambda *args: None, users={"monitor": "pw"}, psrp_runner=run)  # type: ignore[arg-type,return-value]
-    with endpoint:
-        wsman = WSMan(
-            "127.0.0.1",
-            port=endpoint.port,
-            ssl=False,
-            auth="basic",
-            username="monitor",
-            password="pw",
-            encryption="never",
-        )
-        with RunspacePool(wsman) as pool:
-            ps = PowerShell(pool)
-            ps.add_cmdlet("Get-Thing")
-            assert ps.invoke() == ["first", "second"]
-            ps.close()
+    with pool_on_sim(run) as (_, pool):
+        ps = PowerShell(pool)
+        ps.add_cmdlet("Get-Thing")
+        assert ps.invoke() == ["first", "second"]
+        ps.close()
     yield recorded
 
 
@@ -139,21 +150,10 @@ def test_a_pipeline_larger_than_one_envelope_arrives_whole_through_send() -> Non
         seen.extend(commands)
         return PipelineResult(output=["ok"])
 
-    endpoint = WSManEndpoint(lambda *args: None, users={"monitor": "pw"}, psrp_runner=remember)  # type: ignore[arg-type,return-value]
-    with endpoint:
-        wsman = WSMan(
-            "127.0.0.1",
-            port=endpoint.port,
-            ssl=False,
-            auth="basic",
-            username="monitor",
-            password="pw",
-            encryption="never",
-        )
-        with RunspacePool(wsman) as pool:
-            ps = PowerShell(pool)
-            ps.add_script("#" + "x" * 1_200_000)  # more than two 500 KiB envelopes
-            assert ps.invoke() == ["ok"]
-            ps.close()
+    with pool_on_sim(remember) as (endpoint, pool):
+        ps = PowerShell(pool)
+        ps.add_script("#" + "x" * 1_200_000)  # more than two 500 KiB envelopes
+        assert ps.invoke() == ["ok"]
+        ps.close()
         assert endpoint.stats["send"] >= 2
     assert [len(c.text) for c in seen] == [1_200_001]

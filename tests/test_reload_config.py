@@ -4,10 +4,7 @@ rejected with its reason while the old one keeps serving."""
 from __future__ import annotations
 
 import json
-import os
 import signal
-import socket
-import subprocess
 import sys
 import time
 import urllib.error
@@ -20,6 +17,7 @@ import pytest
 from conftest import Stack, sample
 from hyperv_exporter.sim.fleet import demo_fleet, with_password
 from hyperv_exporter.sim.host import Simulator, exporter_config
+from programs import ServedProgram
 
 PASSWORD = "Reload-Pa55word-one"
 NEW_PASSWORD = "Reload-Pa55word-two"
@@ -85,25 +83,16 @@ def test_reload_with_new_credentials_drops_the_old_sessions(stack: Stack) -> Non
 # -- SIGHUP, a real process --------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Process:
+class Process(ServedProgram):
     def __init__(self, tmp_path: Path, sim: Simulator) -> None:
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
         self.config = tmp_path / "hyperv.yml"
         self.config.write_text(_config(sim))
-        self.log = tmp_path / "exporter.log"
-        self._log_file = self.log.open("wb")
-        self.proc = subprocess.Popen(
+        super().__init__(
             [sys.executable, "-m", "hyperv_exporter", "--config.file", str(self.config),
-             "--web.listen-address", f"127.0.0.1:{self.port}", "--log.format", "json", "--log.level", "debug"],
-            cwd=tmp_path, stdout=self._log_file, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+             "--log.format", "json", "--log.level", "debug"],
+            tmp_path, "exporter.log",
         )  # fmt: skip
+        self.url = f"http://127.0.0.1:{self.port}"
         deadline = time.monotonic() + 30
         while True:
             try:
@@ -128,15 +117,6 @@ class Process:
                     return entry
             time.sleep(0.05)
         raise AssertionError(f"no log line with {message!r} after SIGHUP:\n{self.log.read_text()}")
-
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(15)
-        finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
-            self._log_file.close()
 
 
 @pytest.fixture

@@ -3,13 +3,8 @@ TLS with client-certificate verification, bcrypt basic auth and extra headers on
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
-import socket
-import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +18,7 @@ from hyperv_exporter.sim.fleet import demo_fleet, with_password
 from hyperv_exporter.sim.host import Simulator
 from hyperv_exporter.web import auth
 from pki import Pki
+from programs import ServedProgram
 
 pytestmark = pytest.mark.slow
 
@@ -35,12 +31,6 @@ HEADERS = {
     "Strict-Transport-Security": "max-age=31536000",
     "Content-Security-Policy": "default-src 'self'",
 }
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _web_config(directory: Path, pki: Pki, *, tls: bool = True) -> Path:
@@ -61,32 +51,13 @@ def _web_config(directory: Path, pki: Pki, *, tls: bool = True) -> Path:
     return path
 
 
-def _wait_until_serving(port: int, proc: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return
-        except OSError:
-            assert proc.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, "did not start listening"
-            time.sleep(0.1)
-
-
-class Served:
+class Served(ServedProgram):
     """A program started from its command line, serving HTTPS on ``url``."""
 
     def __init__(self, argv: list[str], directory: Path, pki: Pki) -> None:
+        super().__init__(argv, directory, f"{argv[2]}.log")
         self.pki = pki
-        self.port = _free_port()
         self.url = f"https://127.0.0.1:{self.port}"
-        self.log = directory / f"{argv[2]}.log"
-        self._log = self.log.open("wb")
-        self.proc = subprocess.Popen(
-            [*argv, "--web.listen-address", f"127.0.0.1:{self.port}"],
-            cwd=directory, stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )  # fmt: skip
-        _wait_until_serving(self.port, self.proc, self.log)
 
     def request(self, path: str, *, method: str = "GET", cert: str | None = "client",
                 auth: tuple[str, str] | None = (USER, PASSWORD)) -> requests.Response:  # fmt: skip
@@ -94,15 +65,6 @@ class Served:
         return requests.request(
             method, self.url + path, verify=str(self.pki.ca.cert), cert=client, auth=auth, timeout=30
         )
-
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(15)
-        finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
-            self._log.close()
 
 
 @pytest.fixture(scope="module")

@@ -9,12 +9,11 @@ from pathlib import Path
 import pytest
 import requests
 
-from conftest import StackFactory, https_winrm, sample
+from conftest import StackFactory, basic_http_settings, https_winrm, sample
 from hyperv_exporter.host.config import ConfigError, parse_config
 from hyperv_exporter.host.transport import http as winrm_transport
 from hyperv_exporter.host.transport.errors import ProbeError
 from hyperv_exporter.host.transport.http import HardenedTransport, Watchdog
-from hyperv_exporter.host.transport.settings import WinRMSettings
 from hyperv_exporter.host.transport.winrs import WinRMSession
 from hyperv_exporter.sim.wsman import CommandResult, Fault, Shell, WSManEndpoint
 from pki import Pki
@@ -191,18 +190,7 @@ def _echo(shell: Shell, command: str, arguments: list[str]) -> CommandResult:
 
 
 def _session(url: str, **settings: object) -> WinRMSession:
-    from hyperv_exporter.host.transport.settings import Secret
-
-    winrm = WinRMSettings(
-        scheme="http",
-        transport="basic",
-        username="u",
-        password=Secret("pw-for-the-transport"),
-        allow_unencrypted=True,
-        message_encryption="never",
-        **settings,  # type: ignore[arg-type]
-    )
-    return WinRMSession(url, winrm, "script")
+    return WinRMSession(url, basic_http_settings("u", "pw-for-the-transport", **settings), "script")
 
 
 def _transport(url: str) -> HardenedTransport:

@@ -16,15 +16,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import Stack
+from conftest import Samples, Stack, basic_http_settings, samples_of
 from hyperv_exporter.host import cimxml, report, script
 from hyperv_exporter.host.cli import build_parser, start
 from hyperv_exporter.host.collectors import DEFAULT_COLLECTORS, sections_for
 from hyperv_exporter.host.collectors.host import HOST_TAIL_SECONDS, host_clock_offset
 from hyperv_exporter.host.transport.psrp import PSRPSession
-from hyperv_exporter.host.transport.settings import Secret, WinRMSettings
 from hyperv_exporter.host.transport.winrs import WinRMSession, return_leg_bound
 from hyperv_exporter.sim.cost import NO_COST, POWERSHELL, WINDOWS, WSMPROVHOST, HostCounters, ProcessCost
 from hyperv_exporter.sim.fleet import parse_fleet
@@ -165,26 +163,13 @@ def simulator() -> Iterator[Simulator]:
     sim.stop()
 
 
-def _metrics(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+def _metrics(url: str) -> Samples:
     with urllib.request.urlopen(url, timeout=10) as response:
-        text = response.read().decode()
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
+        return samples_of(response.read().decode())
 
 
 def _session(url: str, protocol: str = "winrs") -> WinRMSession | PSRPSession:
-    settings = WinRMSettings(
-        scheme="http",
-        transport="basic",
-        username="monitor",
-        password=Secret(PASSWORD),
-        allow_unencrypted=True,
-        message_encryption="never",
-        protocol=protocol,
-    )
+    settings = basic_http_settings("monitor", PASSWORD, protocol=protocol)
     kind = PSRPSession if protocol == "psrp" else WinRMSession
     return kind(url, settings, script.script_text())
 

@@ -10,11 +10,11 @@ import logging
 import os
 import socket
 import threading
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from conftest import serving
 from hyperv_exporter.web import Request, Response, WebConfigError, WebServer
 from hyperv_exporter.web import auth as auth_module
 from hyperv_exporter.web import reload as reload_module
@@ -39,18 +39,6 @@ class Recorder:
         if request.path == "/bad-header":
             return Response(headers={"X-Evil": "a\r\nSet-Cookie: x=1"})
         return Response(body=f"{request.method} {request.path} user={request.user} body={len(request.body)}\n")
-
-
-@contextlib.contextmanager
-def serving(
-    handler: Callable[[Request], Response], config: Path | None = None, addresses: tuple[str, ...] = ("127.0.0.1:0",)
-) -> Iterator[WebServer]:
-    server = WebServer(list(addresses), handler, web_config_file=str(config) if config else None, name="test")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def connect(server: WebServer, index: int = 0) -> http.client.HTTPConnection:

@@ -6,19 +6,18 @@ for 127.0.0.1/localhost, client certificates (good, other SAN, expired, from an 
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import os
 import shutil
 import socket
 import ssl
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from conftest import fetch, serving
 from hyperv_exporter.web import Request, Response, WebConfigError, WebServer, load_web_config
 from hyperv_exporter.web import reload as reload_module
 from hyperv_exporter.web.config import CIPHER_SUITES, TLSServerConfig, read_web_config
@@ -32,16 +31,6 @@ def echo(request: Request) -> Response:
     return Response(body=f"{request.method} {request.path} user={request.user}\n")
 
 
-@contextlib.contextmanager
-def serving(config: Path, handler=echo) -> Iterator[WebServer]:  # type: ignore[no-untyped-def]
-    server = WebServer(["127.0.0.1:0"], handler, web_config_file=str(config), name="test")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 def client_context(
     pki: Pki, client: Issued | None = None, *, max_version: ssl.TLSVersion | None = None
 ) -> ssl.SSLContext:
@@ -53,22 +42,11 @@ def client_context(
     return ctx
 
 
-def get(server: WebServer, ctx: ssl.SSLContext, path: str = "/") -> tuple[int, bytes]:
-    host, port = server.addresses[0]
-    conn = http.client.HTTPSConnection(host, port, context=ctx, timeout=10)
-    try:
-        conn.request("GET", path)
-        response = conn.getresponse()
-        return response.status, response.read()
-    finally:
-        conn.close()
-
-
 def assert_refused(server: WebServer, ctx: ssl.SSLContext) -> None:
     # With TLS 1.3 the client finishes its side of the handshake before the server checks the client
     # certificate, so the refusal shows up on connect or on the first read.
     with pytest.raises((OSError, http.client.HTTPException)):
-        get(server, ctx)
+        fetch(server, context=ctx)
 
 
 def write_config(path: Path, text: str) -> Path:
@@ -87,25 +65,25 @@ def tls_config(tmp_path: Path, pki: Pki, extra: str = "") -> Path:
 
 
 def test_https_get(tmp_path: Path, pki: Pki) -> None:
-    with serving(tls_config(tmp_path, pki)) as server:
+    with serving(echo, tls_config(tmp_path, pki)) as server:
         assert server.urls[0].startswith("https://127.0.0.1:")
-        assert get(server, client_context(pki), "/metrics") == (200, b"GET /metrics user=None\n")
+        assert fetch(server, "/metrics", client_context(pki)) == (200, b"GET /metrics user=None\n")
 
 
 def test_plain_http_to_tls_port_fails_cleanly(tmp_path: Path, pki: Pki) -> None:
-    with serving(tls_config(tmp_path, pki)) as server:
+    with serving(echo, tls_config(tmp_path, pki)) as server:
         host, port = server.addresses[0]
         conn = http.client.HTTPConnection(host, port, timeout=10)
         with pytest.raises((OSError, http.client.HTTPException)):
             conn.request("GET", "/")
             conn.getresponse().read()
         conn.close()
-        assert get(server, client_context(pki))[0] == 200  # the server is still fine
+        assert fetch(server, context=client_context(pki))[0] == 200  # the server is still fine
 
 
 def test_min_version_tls13_refuses_tls12_clients(tmp_path: Path, pki: Pki) -> None:
-    with serving(tls_config(tmp_path, pki, "  min_version: TLS13\n")) as server:
-        assert get(server, client_context(pki))[0] == 200
+    with serving(echo, tls_config(tmp_path, pki, "  min_version: TLS13\n")) as server:
+        assert fetch(server, context=client_context(pki))[0] == 200
         assert_refused(server, client_context(pki, max_version=ssl.TLSVersion.TLSv1_2))
 
 
@@ -115,7 +93,7 @@ def test_cipher_suites_and_curve_apply(tmp_path: Path, pki: Pki) -> None:
         "  cipher_suites: [TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384]\n"
         "  curve_preferences: [CurveP384]\n"
     )
-    with serving(tls_config(tmp_path, pki, extra)) as server:
+    with serving(echo, tls_config(tmp_path, pki, extra)) as server:
         host, port = server.addresses[0]
         ctx = client_context(pki)
         with ctx.wrap_socket(socket.create_connection((host, port), timeout=10), server_hostname=host) as tls:
@@ -133,27 +111,27 @@ def mtls_config(tmp_path: Path, pki: Pki, auth_type: str = "RequireAndVerifyClie
 
 
 def test_client_cert_required_and_verified(tmp_path: Path, pki: Pki) -> None:
-    with serving(mtls_config(tmp_path, pki)) as server:
-        assert get(server, client_context(pki, pki.client))[0] == 200
+    with serving(echo, mtls_config(tmp_path, pki)) as server:
+        assert fetch(server, context=client_context(pki, pki.client))[0] == 200
         assert_refused(server, client_context(pki))  # no certificate
         assert_refused(server, client_context(pki, pki.stranger_client))
         assert_refused(server, client_context(pki, pki.expired_client))
-        assert get(server, client_context(pki, pki.client))[0] == 200  # still serving
+        assert fetch(server, context=client_context(pki, pki.client))[0] == 200  # still serving
 
 
 def test_client_cert_verified_if_given(tmp_path: Path, pki: Pki) -> None:
-    with serving(mtls_config(tmp_path, pki, "VerifyClientCertIfGiven")) as server:
-        assert get(server, client_context(pki))[0] == 200
-        assert get(server, client_context(pki, pki.client))[0] == 200
+    with serving(echo, mtls_config(tmp_path, pki, "VerifyClientCertIfGiven")) as server:
+        assert fetch(server, context=client_context(pki))[0] == 200
+        assert fetch(server, context=client_context(pki, pki.client))[0] == 200
         assert_refused(server, client_context(pki, pki.stranger_client))
 
 
 @pytest.mark.parametrize("allowed", ["client.example", "spiffe://hyperv/prometheus"])
 def test_san_allowlist(tmp_path: Path, pki: Pki, allowed: str) -> None:
     extra = f"  client_allowed_sans: ['{allowed}', 'someone.else']\n"
-    with serving(mtls_config(tmp_path, pki, extra=extra)) as server:
-        assert get(server, client_context(pki, pki.client))[0] == 200
-        status, body = get(server, client_context(pki, pki.intruder_client))
+    with serving(echo, mtls_config(tmp_path, pki, extra=extra)) as server:
+        assert fetch(server, context=client_context(pki, pki.client))[0] == 200
+        status, body = fetch(server, context=client_context(pki, pki.intruder_client))
         assert status == 403
         assert b"client certificate not allowed" in body
 
@@ -196,8 +174,8 @@ def test_relative_paths_resolve_against_the_config_directory(
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
-    with serving(Path(os.path.relpath(config, elsewhere))) as server:
-        assert get(server, client_context(pki, pki.client))[0] == 200
+    with serving(echo, Path(os.path.relpath(config, elsewhere))) as server:
+        assert fetch(server, context=client_context(pki, pki.client))[0] == 200
 
 
 def test_missing_key_file_is_named(tmp_path: Path, pki: Pki) -> None:
@@ -251,8 +229,8 @@ def test_inline_cert_key_and_client_ca(tmp_path: Path, pki: Pki) -> None:
         f"  client_ca: {block(pki.ca.cert.read_text())}"
         "  client_auth_type: RequireAndVerifyClientCert\n",
     )
-    with serving(config) as server:
-        assert get(server, client_context(pki, pki.client))[0] == 200
+    with serving(echo, config) as server:
+        assert fetch(server, context=client_context(pki, pki.client))[0] == 200
         assert_refused(server, client_context(pki))
 
 
@@ -328,7 +306,7 @@ def test_certificate_rotation_without_restart(tmp_path: Path, pki: Pki, monkeypa
     def der(pair: Issued) -> bytes:
         return x509.load_pem_x509_certificate(pair.cert.read_bytes()).public_bytes(serialization.Encoding.DER)
 
-    with serving(config) as server:
+    with serving(echo, config) as server:
         assert served_cert(server) == der(pki.server)
         shutil.copy(pki.server2.cert, live / "tls.crt")
         shutil.copy(pki.server2.key, live / "tls.key")
@@ -346,8 +324,8 @@ def test_turning_tls_off_needs_a_restart(
 ) -> None:
     monkeypatch.setattr(reload_module, "CHECK_INTERVAL", 0.0)
     config = tls_config(tmp_path, pki)
-    with serving(config) as server:
+    with serving(echo, config) as server:
         config.write_text("basic_auth_users: {}\n")
         _bump_mtime(config, 10)
-        assert get(server, client_context(pki))[0] == 200
+        assert fetch(server, context=client_context(pki))[0] == 200
     assert "turning TLS off needs a restart" in caplog.text

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
 # Failure reasons, used as label values and on the landing page.
 REASONS = (
     "connection",
@@ -25,6 +29,10 @@ ACCESS_DENIED_HINT = (
     "use protocol: psrp, ideally with the read-only JEA endpoint (configuration_name: HyperVExporter)"
 )
 
+#: WS-Management's "invalid selectors" fault: the shell or command no longer exists on the host
+#: (idle timeout, service restart).
+WSMAN_INVALID_SELECTORS = 2150858843
+
 
 class ProbeError(Exception):
     """A probe failed; ``reason`` is one of :data:`REASONS`, the message never contains a secret."""
@@ -46,3 +54,40 @@ def excerpt(data: bytes | str, limit: int = 120) -> str:
     text = " ".join(text.split())
     text = "".join(c if c.isprintable() else "?" for c in text)
     return text[:limit] + ("..." if len(text) > limit else "")
+
+
+F = TypeVar("F", bound=Exception)
+
+
+@dataclass(frozen=True)
+class KeptRule(Generic[F]):
+    """What a transport does when a run on its kept WinRS shell or PSRP runspace pool fails.
+
+    ``fault`` is the client library's WS-Management fault and ``code`` reads its fault code;
+    ``graceful`` says, after any other failure, whether the host may still hold the shell and so
+    it is deleted there in the background (else it is only forgotten: the connection is gone).
+    """
+
+    fault: type[F]
+    code: Callable[[F], int | None]
+    classify: Callable[[BaseException], ProbeError]
+    graceful: Callable[[ProbeError], bool]
+
+    def fail(self, exc: Exception, *, reused: bool, again: bool, drop: Callable[[bool], None]) -> None:
+        """Drop the kept shell (``drop(graceful)``) and raise the probe's error for ``exc``.
+
+        Returns, for one more run on a new shell, only when the host no longer had the ``reused``
+        shell and ``again`` allows another run.
+        """
+        if isinstance(exc, ProbeError):
+            drop(True)
+            raise exc
+        if isinstance(exc, self.fault):
+            stale = self.code(exc) == WSMAN_INVALID_SELECTORS and reused
+            drop(not stale)
+            if stale and again:
+                return
+            raise self.classify(exc) from None
+        error = self.classify(exc)
+        drop(self.graceful(error))
+        raise error from None

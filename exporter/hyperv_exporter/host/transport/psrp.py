@@ -53,10 +53,10 @@ from pypsrp.wsman import WSMan, _TransportHTTP
 
 from hyperv_exporter import logutil
 from hyperv_exporter.host.script import host_filterable
-from hyperv_exporter.host.transport.errors import ACCESS_DENIED_HINT, WSMAN_ACCESS_DENIED, ProbeError, excerpt
+from hyperv_exporter.host.transport.errors import ACCESS_DENIED_HINT, WSMAN_ACCESS_DENIED, KeptRule, ProbeError, excerpt
 from hyperv_exporter.host.transport.http import RESOLVER, HardenedHTTP, UnsafeResponse, system_ca_path
 from hyperv_exporter.host.transport.settings import WinRMSettings
-from hyperv_exporter.host.transport.winrs import WSMAN_INVALID_SELECTORS, Exchange, classify, return_leg_bound
+from hyperv_exporter.host.transport.winrs import Exchange, classify, return_leg_bound
 
 log = logging.getLogger(__name__)
 
@@ -173,6 +173,15 @@ def classify_psrp(exc: BaseException) -> ProbeError:
     if isinstance(exc, WinRMError):
         return ProbeError("winrm_fault", f"unexpected WS-Management response ({type(exc).__name__})")
     return classify(exc)
+
+
+_KEPT = KeptRule(
+    fault=WSManFaultError,
+    code=lambda exc: exc.code,
+    classify=classify_psrp,
+    # After a broken connection, TLS or authentication failure the pool cannot be reached to delete it.
+    graceful=lambda error: error.reason not in ("connection", "tls", "auth"),
+)
 
 
 def error_text(records: Sequence[Any], limit: int = 500) -> str:
@@ -362,20 +371,10 @@ class PSRPSession:
                 # The pool is fine: only this pipeline's output was refused.
                 self._count(pool.connection)
                 raise ProbeError("output_too_large", f"output exceeds {self.settings.max_output_bytes} bytes") from None
-            except ProbeError:
-                self._drop_pool(graceful=True)
-                raise
-            except WSManFaultError as exc:
-                stale = exc.code == WSMAN_INVALID_SELECTORS and not new_pool
-                self._drop_pool(graceful=not stale)
-                if stale and attempts > 0:
-                    log.debug("runspace pool gone on the host; opening a new one", extra=logutil.fields(url=self.url))
-                    continue
-                raise classify_psrp(exc) from None
             except Exception as exc:
-                error = classify_psrp(exc)
-                self._drop_pool(graceful=error.reason not in ("connection", "tls", "auth"))
-                raise error from None
+                # Raises, unless the host had deleted the reused pool: then one more run on a new one.
+                _KEPT.fail(exc, reused=not new_pool, again=attempts > 0, drop=self._drop_pool)
+                log.debug("runspace pool gone on the host; opening a new one", extra=logutil.fields(url=self.url))
 
     def _pipeline(self, pool: _Pool, sections: Sequence[str], gzip: bool, kvp_keys: Sequence[str]) -> PowerShell:
         ps = PowerShell(pool)

@@ -34,7 +34,7 @@ from winrm.protocol import Protocol
 
 from hyperv_exporter import logutil
 from hyperv_exporter.host.script import SCRIPT_ENV, probe_command
-from hyperv_exporter.host.transport.errors import ACCESS_DENIED_HINT, WSMAN_ACCESS_DENIED, ProbeError, excerpt
+from hyperv_exporter.host.transport.errors import ACCESS_DENIED_HINT, WSMAN_ACCESS_DENIED, KeptRule, ProbeError, excerpt
 from hyperv_exporter.host.transport.http import (
     AuthenticationSkipped,
     DeadlineExceeded,
@@ -49,7 +49,6 @@ from hyperv_exporter.host.transport.settings import WinRMSettings
 
 log = logging.getLogger(__name__)
 
-WSMAN_INVALID_SELECTORS = 2150858843  # the shell or command no longer exists (idle timeout, service restart)
 UTF8_CODEPAGE = 65001
 TransportName = Literal["basic", "certificate", "ntlm", "kerberos"]
 
@@ -187,6 +186,15 @@ def classify(exc: BaseException) -> ProbeError:
     if isinstance(exc, WinRMError | ET.ParseError | StopIteration | AssertionError | ValueError | KeyError):
         return ProbeError("winrm_fault", f"unexpected WS-Management response ({type(exc).__name__})")
     return ProbeError("winrm_fault", f"{type(exc).__name__}: {_short(exc)}")
+
+
+_KEPT = KeptRule(
+    fault=WSManFaultError,
+    code=lambda exc: exc.wsman_fault_code,
+    classify=classify,
+    # After a timeout or a broken connection the host may still hold the shell.
+    graceful=lambda error: error.reason in ("timeout", "winrm_fault", "powershell"),
+)
 
 
 # requests/urllib3 messages nest the whole chain; the innermost reason is what helps. Most
@@ -355,21 +363,10 @@ class WinRMSession:
                 return self._run_on(
                     protocol, shell_id, command, arguments, deadline, requests_before, new_shell, one_write
                 )
-            except ProbeError:
-                self._drop_shell(graceful=True)
-                raise
-            except WSManFaultError as exc:
-                stale = exc.wsman_fault_code == WSMAN_INVALID_SELECTORS and not new_shell
-                self._drop_shell(graceful=not stale)
-                if stale and attempts > 0:
-                    log.debug("WinRM shell expired on the host; opening a new one", extra=logutil.fields(url=self.url))
-                    continue
-                raise classify(exc) from None
             except Exception as exc:
-                error = classify(exc)
-                # After a timeout or a broken connection the host may still hold the shell.
-                self._drop_shell(graceful=error.reason in ("timeout", "winrm_fault", "powershell"))
-                raise error from None
+                # Raises, unless the host had deleted the reused shell: then one more run on a new one.
+                _KEPT.fail(exc, reused=not new_shell, again=attempts > 0, drop=self._drop_shell)
+                log.debug("WinRM shell expired on the host; opening a new one", extra=logutil.fields(url=self.url))
 
     def _run_on(
         self,
