@@ -183,7 +183,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         # waits out real process start-ups, so --quick leaves it to `python -m benchmarks.host_cost --quick`).
         from benchmarks import host_cost
 
-        host_cost.main(["--no-write"] if output is None or args.no_write else ["--output", str(output)])
+        if output is None or args.no_write:
+            host_cost.main(["--no-write"])
+        else:  # the default document needs no --output (which would print this machine's path in it)
+            host_cost.main([] if output == DOC else ["--output", str(output)])
     return 0
 
 
