@@ -35,10 +35,19 @@
           },
           {
             alert: "HyperVExporterTargetDown",
+            // Not while this host's exporter is down (HyperVExporterDown pages for that): Prometheus
+            // scrapes the two jobs at independent offsets, so a dead exporter's /probe targets can go
+            // pending a scrape interval before its own job does, and fire (and page, past
+            // Alertmanager's group_wait) before the inhibit rule has a source. With `unless`, the
+            // pending targets are dropped as soon as the exporter's own scrape fails.
             expr: |||
-              hyperv_up == 0
-              or
-              up{%(hypervSelector)s} == 0
+              (
+                hyperv_up == 0
+                or
+                up{%(hypervSelector)s} == 0
+              )
+              unless on (exporter)
+              label_replace(up{%(exporterSelector)s} == 0, "exporter", "$1", "instance", "(.*)")
             ||| % $._config,
             'for': "5m",
             labels: { severity: "critical" },
