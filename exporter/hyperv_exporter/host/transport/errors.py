@@ -56,6 +56,15 @@ def excerpt(data: bytes | str, limit: int = 120) -> str:
     return text[:limit] + ("..." if len(text) > limit else "")
 
 
+def wsman_fault(code: int | str | None, reason: str | None) -> ProbeError:
+    """The probe's error for a WS-Management fault of either protocol: ``access_denied`` with its hint
+    for fault 5, else ``winrm_fault``; the host's text as an :func:`excerpt`."""
+    text = excerpt(reason or "", 300)
+    if code == WSMAN_ACCESS_DENIED:
+        return ProbeError("access_denied", f"WS-Management fault 5: {text} ({ACCESS_DENIED_HINT})")
+    return ProbeError("winrm_fault", f"WS-Management fault {code}: {text}")
+
+
 F = TypeVar("F", bound=Exception)
 
 

@@ -53,7 +53,7 @@ from pypsrp.wsman import WSMan, _TransportHTTP
 
 from hyperv_exporter import logutil
 from hyperv_exporter.host.script import host_filterable
-from hyperv_exporter.host.transport.errors import ACCESS_DENIED_HINT, WSMAN_ACCESS_DENIED, KeptRule, ProbeError, excerpt
+from hyperv_exporter.host.transport.errors import KeptRule, ProbeError, excerpt, wsman_fault
 from hyperv_exporter.host.transport.http import RESOLVER, HardenedHTTP, UnsafeResponse, system_ca_path
 from hyperv_exporter.host.transport.settings import WinRMSettings
 from hyperv_exporter.host.transport.winrs import Exchange, classify, return_leg_bound
@@ -161,15 +161,12 @@ def classify_psrp(exc: BaseException) -> ProbeError:
     if isinstance(exc, AuthenticationError):
         return ProbeError("auth", "the host rejected the credentials (HTTP 401)")
     if isinstance(exc, WSManFaultError):
-        reason = " ".join(str(exc.reason or "").split())[:300]
-        if exc.code == WSMAN_ACCESS_DENIED:
-            return ProbeError("access_denied", f"WS-Management fault 5: {reason} ({ACCESS_DENIED_HINT})")
-        return ProbeError("winrm_fault", f"WS-Management fault {exc.code}: {reason}")
+        return wsman_fault(exc.code, exc.reason)
     if isinstance(exc, WinRMTransportError):
         body = excerpt(exc.response_text) if exc.response_text else "empty body"
         return ProbeError("winrm_fault", f"HTTP {exc.code} from the WinRM listener: {body}")
     if isinstance(exc, InvalidPSRPOperation):  # e.g. a Broken runspace pool state
-        return ProbeError("winrm_fault", f"PSRP: {' '.join(str(exc).split())[:300]}")
+        return ProbeError("winrm_fault", f"PSRP: {excerpt(str(exc), 300)}")
     if isinstance(exc, WinRMError):
         return ProbeError("winrm_fault", f"unexpected WS-Management response ({type(exc).__name__})")
     return classify(exc)

@@ -34,7 +34,7 @@ from winrm.protocol import Protocol
 
 from hyperv_exporter import logutil
 from hyperv_exporter.host.script import SCRIPT_ENV, probe_command
-from hyperv_exporter.host.transport.errors import ACCESS_DENIED_HINT, WSMAN_ACCESS_DENIED, KeptRule, ProbeError, excerpt
+from hyperv_exporter.host.transport.errors import KeptRule, ProbeError, excerpt, wsman_fault
 from hyperv_exporter.host.transport.http import (
     AuthenticationSkipped,
     DeadlineExceeded,
@@ -174,10 +174,8 @@ def classify(exc: BaseException) -> ProbeError:
         return ProbeError("timeout", "the host did not answer before the probe deadline")
     if isinstance(exc, requests.exceptions.ConnectionError):
         return ProbeError("connection", f"cannot connect: {_short(exc)}")
-    if isinstance(exc, WSManFaultError) and exc.wsman_fault_code == WSMAN_ACCESS_DENIED:
-        return ProbeError("access_denied", f"WS-Management fault 5: {exc.reason.strip()} ({ACCESS_DENIED_HINT})")
     if isinstance(exc, WSManFaultError):
-        return ProbeError("winrm_fault", f"WS-Management fault {exc.wsman_fault_code or exc.code}: {exc.reason}")
+        return wsman_fault(exc.wsman_fault_code or exc.code, exc.reason)
     if isinstance(exc, WinRMTransportError):
         body = excerpt(exc.response_text) if exc.response_text else "empty body"
         return ProbeError("winrm_fault", f"HTTP {exc.code} from the WinRM listener: {body}")
