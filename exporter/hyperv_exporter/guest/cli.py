@@ -41,7 +41,7 @@ from hyperv_exporter.guest.ntp import MeasureOptions, NtpMonitor, NtpServer, par
 from hyperv_exporter.guest.rootfs import Root
 from hyperv_exporter.guest.textfile import write_atomic
 from hyperv_exporter.logutil import FORMATS, LEVELS, setup_logging
-from hyperv_exporter.web import WebConfigError, WebServer, add_web_flags, web_config_reload_gauge
+from hyperv_exporter.web import WebConfigError, WebServer, add_web_flags, positive_int, web_config_reload_gauge
 
 log = logging.getLogger("hyperv_guest_agent")
 
@@ -67,16 +67,6 @@ def duration(text: str) -> float:
     if not match:
         raise argparse.ArgumentTypeError(f"invalid duration {text!r} (e.g. 5s, 500ms, 1m)")
     return float(match.group(1)) * _UNIT[match.group(2)]
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
-    return value
 
 
 def _server(text: str) -> NtpServer:

@@ -12,7 +12,7 @@ hot reload), ``listen`` (addresses and sockets), ``flags``, ``messages`` (Reques
 """
 
 from .config import WebConfig, WebConfigError
-from .flags import add_web_flags
+from .flags import add_web_flags, positive_int
 from .messages import Handler, Request, Response
 from .reload import load_web_config
 from .server import WebServer, web_config_reload_gauge
@@ -26,5 +26,6 @@ __all__ = [
     "WebServer",
     "add_web_flags",
     "load_web_config",
+    "positive_int",
     "web_config_reload_gauge",
 ]

@@ -27,11 +27,12 @@ class _AppendOverridingDefault(argparse.Action):
         setattr(namespace, self.dest, [*current, values])
 
 
-def _positive(text: str) -> int:
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1 (both programs' counts and sizes)."""
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
     return value
@@ -62,7 +63,7 @@ def add_web_flags(parser: argparse.ArgumentParser, default_port: int) -> None:
     parser.add_argument(
         "--web.max-connections",
         dest="web_max_connections",
-        type=_positive,
+        type=positive_int,
         default=DEFAULT_MAX_CONNECTIONS,
         metavar="N",
         help=(
