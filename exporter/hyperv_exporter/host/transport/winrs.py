@@ -403,7 +403,7 @@ class WinRMSession:
             stderr.append(err)
             if done:
                 break
-        received = received if received is not None else time.time()  # set by the Receive that said done
+        assert received is not None  # set at the latest by the Receive that said done (the loop ends only there)
         round_trip = min(round_trip, self._signal(protocol, shell_id, command_id, deadline))
         self._shell_used = time.monotonic()
         return Exchange(
