@@ -35,11 +35,15 @@ JEA_COMMAND = "Get-HyperVExporterReport"
 DEFAULT_JEA_ROLE_GROUP = "Hyper-V Exporter Readers"
 #: The WMI namespaces collect.ps1 queries, by the section that queries them.
 WMI_SECTIONS = {"host": "root/cimv2", "kvp": "root/virtualization/v2"}
-#: Sections that call Hyper-V cmdlets (Get-VM and what needs its VMs).
-HYPERV_SECTIONS = ("vm", "integration_services", "replication", "checkpoints")
-PLAIN_ENDPOINTS = ("microsoft.powershell", "microsoft.powershell32", "microsoft.powershell.workflow")
-#: What a Windows Server 2012 R2+ host has registered; JEA only when the endpoint is deployed.
-DEFAULT_CONFIGURATIONS = frozenset(PLAIN_ENDPOINTS)
+#: PowerShell's own endpoints (session configurations) that Windows PowerShell registers on a 64-bit
+#: host (Get-PSSessionConfiguration); Server SKUs also list microsoft.windows.servermanagerworkflows,
+#: which the simulator does not model. The JEA endpoint comes on top (HostAccounts.configurations).
+PLAIN_ENDPOINTS = frozenset({"microsoft.powershell", "microsoft.powershell32", "microsoft.powershell.workflow"})
+
+
+def is_jea(configuration: str) -> bool:
+    """Whether a session configuration name is the exporter's JEA endpoint."""
+    return configuration.lower() == JEA_ENDPOINT.lower()
 
 
 @dataclass(frozen=True)
@@ -94,42 +98,23 @@ class HostAccounts:
 
     accounts: Mapping[str, Identity] = field(default_factory=dict)
     jea_role_group: str = DEFAULT_JEA_ROLE_GROUP
-    jea_registered: bool = True
 
     def identity(self, username: str) -> Identity:
         # An account the model does not list is a plain user: authenticated, member of nothing.
         return self.accounts.get(username.lower(), Identity(groups=frozenset()))
 
-    def usernames(self) -> list[str]:
-        return list(self.accounts)
-
     def configurations(self) -> set[str]:
-        names = set(DEFAULT_CONFIGURATIONS)
-        if self.jea_registered:
-            names.add(JEA_ENDPOINT.lower())
-        return names
+        """The endpoints registered on the host (lower case): PowerShell's own and the JEA endpoint."""
+        return {*PLAIN_ENDPOINTS, JEA_ENDPOINT.lower()}
 
     def may_open(self, username: str, configuration: str | None) -> bool:
         """``configuration`` None: a WinRS cmd shell; else a PowerShell endpoint's name."""
         who = self.identity(username)
         if configuration is None:
             return who.is_admin
-        if configuration.lower() == JEA_ENDPOINT.lower():
+        if is_jea(configuration):
             return self.jea_role_group in who.groups
         return who.is_admin or REMOTE_MANAGEMENT_USERS in who.groups
-
-    def session_identity(self, username: str, configuration: str) -> Identity:
-        """Whose rights a pipeline on this endpoint runs with."""
-        if configuration.lower() == JEA_ENDPOINT.lower():
-            return JEA_VIRTUAL_ACCOUNT
-        return self.identity(username)
-
-    def with_groups(self, username: str, groups: Iterable[str]) -> HostAccounts:
-        """A copy in which ``username`` has exactly these groups (the demo's least-privilege account)."""
-        accounts = dict(self.accounts)
-        old = self.identity(username)
-        accounts[username.lower()] = Identity(frozenset(groups), old.wmi_remote_enable)
-        return HostAccounts(accounts, self.jea_role_group, self.jea_registered)
 
 
 def default_accounts(username: str) -> HostAccounts:

@@ -33,7 +33,9 @@ from hyperv_exporter.sim.accounts import (
     ADMINISTRATORS,
     JEA_COMMAND,
     JEA_ENDPOINT,
+    JEA_VIRTUAL_ACCOUNT,
     Identity,
+    is_jea,
     least_privilege,
     restrict_document,
 )
@@ -171,11 +173,9 @@ class HostRunner:
     # -- PowerShell remoting -----------------------------------------------------------------------
     def pipeline(self, pool: PoolInfo, commands: list[Command]) -> PipelineResult:
         """One PSRP pipeline: collect.ps1 as script text on a plain endpoint, or the JEA command."""
-        host = self.host
-        jea = pool.configuration.lower() == JEA_ENDPOINT.lower()
-        identity = (
-            host.access.session_identity(pool.username, pool.configuration) if jea else self.identity(pool.username)
-        )
+        jea = is_jea(pool.configuration)
+        # A JEA session runs as the endpoint's virtual account, whoever connected.
+        identity = JEA_VIRTUAL_ACCOUNT if jea else self.identity(pool.username)
         if len(commands) != 1:
             return PipelineResult(error=_script_error(
                 "hyperv-sim: this simulated Hyper-V host runs only the hyperv-exporter collection.",
@@ -472,7 +472,7 @@ class _HostUsers(Mapping[str, str]):
         # Every account of the host's permission model shares its password (a simulator choice).
         if self.host.password is None:
             return {}
-        names = {self.host.username, *self.host.access.usernames()}
+        names = {self.host.username, *self.host.access.accounts}
         return dict.fromkeys(names, self.host.password)
 
     def __getitem__(self, key: str) -> str:
