@@ -14,10 +14,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from hyperv_exporter import openmetrics
 from hyperv_exporter.sim.cost import IMAGES
 from hyperv_exporter.sim.host import Simulator
 from hyperv_exporter.web import Handler, Request, Response
@@ -69,7 +70,9 @@ def make_handler(simulator: Simulator) -> Handler:
         if request.method not in ("GET", "HEAD"):
             return Response(405, "method not allowed\n", headers={"Allow": "GET, HEAD"})
         if request.path == METRICS_PATH:
-            return Response(200, generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
+            # The same negotiation as both programs' /metrics (OpenMetrics when the scraper asks).
+            body, content_type = openmetrics.encode_registry(registry, request.headers.get("Accept"))
+            return Response(200, body, content_type=content_type)
         if request.path == "/":
             return Response(200, f"hyperv-sim: the simulated hosts' counters are at {METRICS_PATH}\n")
         return Response(404, "not found\n")

@@ -17,8 +17,10 @@ e.g. ``test_psrp_with_jea_configuration.yml``, ``test_psrp_multiple_commands.yml
   **Delete** closes the pool.
 
 Outgoing fragments are at most 32 KiB (what Windows uses), one per ``rsp:Stream``; runspace-pool
-messages go one per Receive (as in the recordings: SESSION_CAPABILITY, APPLICATION_PRIVATE_DATA,
-RUNSPACEPOOL_STATE each answer a Receive), pipeline messages as many as fit; a Receive answer never
+messages go one per Receive, one of the layouts pypsrp's recordings from real hosts show (in
+``test_psrp_with_jea_configuration``: SESSION_CAPABILITY, APPLICATION_PRIVATE_DATA,
+RUNSPACEPOOL_STATE each answer a Receive; ``test_psrp_error_failed`` has the first two in one
+answer, as a host sends what is ready), pipeline messages as many as fit; a Receive answer never
 exceeds the request's w:MaxEnvelopeSize. What a pipeline does is the host's business: a :data:`PipelineRunner`
 gets the commands and returns output strings or an error record. psrpcore is not thread-safe: every
 pool is used under this service's lock.
@@ -380,7 +382,7 @@ class PsrpHost:
             avail -= len(element)
             fragment = queue.pop(0)
             if command_id is None and fragment[16] & _END_FRAGMENT:
-                break  # runspace-pool messages go one per Receive, as a real host sends them
+                break  # runspace-pool messages one per Receive: a layout real hosts use (see the module docstring)
         if not parts and queue:
             raise soap.RequestError(soap.fault_envelope_too_small())
         if command_id is not None and pipeline is not None:
