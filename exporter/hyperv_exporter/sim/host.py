@@ -359,7 +359,7 @@ class HostRunner:
                     error_id="System.OutOfMemoryException",
                     codepage=codepage,
                 )
-                return CommandResult(stderr=error, exit_code=1, run_seconds=host.run_seconds)
+                return CommandResult(stderr=error, exit_code=1, run_seconds=run_seconds)
         if fault == "not_json":
             stdout = b"WARNING: something went wrong, and this is not JSON"
         elif fault == "truncated":
