@@ -283,6 +283,13 @@ class HostRunner:
             process=process,
         )
 
+    def _run_clock(self, process: ProcessCost) -> tuple[float, float]:
+        """(when the script's first line runs, seconds from the Command to its output), and the script's
+        CPU charged. The first line runs once the process is up (its ClockStart and the VMs' uptimes
+        are read then); the output exists after the module import and the script's own run time."""
+        self.counters.script_ran(self.host.run_seconds)
+        return time.time() + process.start_seconds, process.total + self.host.run_seconds
+
     def answer(
         self,
         sections: list[str],
@@ -297,11 +304,7 @@ class HostRunner:
         pipeline in an already running one (a kept PSRP runspace)."""
         host = self.host
         fault = host.output_fault
-        # The script's first line runs once the process is up: its ClockStart and the VMs' uptimes
-        # are read then. Its output exists after the module import and the script's own run time.
-        started = time.time() + process.start_seconds
-        run_seconds = process.total + host.run_seconds
-        self.counters.script_ran(host.run_seconds)
+        started, run_seconds = self._run_clock(process)
         if fault == "bad_clixml":
             return CommandResult(stderr=_BAD_CLIXML, exit_code=1, run_seconds=run_seconds)
         if fault == "huge_stderr":

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -258,11 +257,12 @@ class ReplayRunner(HostRunner):
         identity: Identity = UNCHECKED,
         process: ProcessCost = NO_COST,
     ) -> CommandResult:
-        # A capture is what an account that could read everything got: identity and cost do not apply.
+        # A capture is what an account that could read everything got: identity does not apply. The
+        # process cost does, as on a live host (the capture's own timings are the script's alone).
         assert self.host.capture is not None
         run = _pick_run(self.host.capture, sections)
         stderr = run.stderr.encode("utf-8")
-        seconds = self.host.run_seconds
+        started, seconds = self._run_clock(process)
         if run.exit_code != 0 or not run.stdout:
             return CommandResult(run.stdout.encode("utf-8"), stderr, run.exit_code, run_seconds=seconds)
         text = run.stdout
@@ -275,11 +275,10 @@ class ReplayRunner(HostRunner):
                 doc = None
             if isinstance(doc, dict):
                 text = dumps(reduce_document(doc, sections, kvp_keys), compress=True)
-        now = time.time()
         shift = {
             # Keep each reading's distance from the capturer's own: before the run, and after it.
-            "ClockStartTicks": to_ticks(now) - to_ticks(run.started),
-            "ClockEndTicks": to_ticks(now + self.host.run_seconds) - to_ticks(run.ended),
+            "ClockStartTicks": to_ticks(started) - to_ticks(run.started),
+            "ClockEndTicks": to_ticks(started - process.start_seconds + seconds) - to_ticks(run.ended),
         }
         text = _CLOCK.sub(lambda m: f'"{m.group(1)}":{int(m.group(2)) + shift[m.group(1)]}', text)
         return CommandResult(encode_stdout(text, use_gzip, codepage), stderr, 0, run_seconds=seconds)
