@@ -49,14 +49,12 @@ from psrpcore.types import (
 )
 
 from . import wsman_soap as soap
-from .wsman_shells import Abort, CallContext
+from .wsman_shells import DEFAULT_IDLE_TIMEOUT, Abort, CallContext, effective_idle, expired
 
 logger = logging.getLogger(__name__)
 
 #: Windows sends PSRP fragments of at most 32 KiB (MS-PSRP's default max fragment size).
 FRAGMENT_BYTES = 32 * 1024
-#: A PowerShell endpoint shell's default IdleTimeOut as a real Create response reports it.
-DEFAULT_IDLE_TIMEOUT = 7200.0
 
 
 @dataclass(frozen=True)
@@ -194,10 +192,7 @@ class PsrpHost:
 
     def expire(self, now: float, idle_limit: float | None, lifetime: float | None) -> None:
         for shell_id, pool in list(self._pools.items()):
-            limits = [t for t in (pool.requested_idle, idle_limit) if t is not None]
-            if (limits and now - pool.last_used > min(limits)) or (
-                lifetime is not None and now - pool.created > lifetime
-            ):
+            if expired(now, pool.created, pool.last_used, effective_idle(pool.requested_idle, idle_limit), lifetime):
                 logger.debug("psrp runspace pool %s expired", shell_id)
                 del self._pools[shell_id]
 

@@ -42,6 +42,17 @@ DEFAULT_MAX_SHELLS_PER_USER = 30
 STREAMS = ("stdout", "stderr")
 
 
+def effective_idle(requested: float | None, limit: float | None) -> float | None:
+    """A shell's idle timeout: the smaller of the client's IdleTimeOut and the listener's limit."""
+    limits = [t for t in (requested, limit) if t is not None]
+    return min(limits) if limits else None
+
+
+def expired(now: float, created: float, last_used: float, idle: float | None, lifetime: float | None) -> bool:
+    """Whether the host has dropped a shell (a WinRS shell or a runspace pool): idle or too old."""
+    return (idle is not None and now - last_used > idle) or (lifetime is not None and now - created > lifetime)
+
+
 @dataclass(frozen=True)
 class Shell:
     """One WinRS shell as the runner sees it (from the Create request)."""
@@ -267,18 +278,12 @@ class ShellHost:
 
     # --- helpers (call with self._cond held) --------------------------------------------------------
 
-    def _effective_idle(self, state: _ShellState) -> float | None:
-        limits = [t for t in (state.requested_idle, self.shell_idle_timeout) if t is not None]
-        return min(limits) if limits else None
-
     def _expire_locked(self, now: float) -> None:
         if self.psrp is not None:
             self.psrp.expire(now, self.shell_idle_timeout, self.shell_lifetime)
         for shell_id, state in list(self._shells.items()):
-            idle = self._effective_idle(state)
-            if (idle is not None and now - state.last_used > idle) or (
-                self.shell_lifetime is not None and now - state.created > self.shell_lifetime
-            ):
+            idle = effective_idle(state.requested_idle, self.shell_idle_timeout)
+            if expired(now, state.created, state.last_used, idle, self.shell_lifetime):
                 logger.debug("wsman shell %s expired", shell_id)
                 del self._shells[shell_id]
 
@@ -340,7 +345,7 @@ class ShellHost:
                 raise soap.RequestError(soap.fault_max_shells(limit))
             state = _ShellState(shell, created=now, last_used=now, requested_idle=body.idle_timeout)
             self._shells[shell.shell_id] = state
-            idle = self._effective_idle(state)
+            idle = effective_idle(state.requested_idle, self.shell_idle_timeout)
         return soap.create_response(
             req.message_id,
             address=ctx.address,
