@@ -166,6 +166,7 @@ class HostRunner:
         self.counters = counters if counters is not None else HostCounters()
         self.runs = 0
         self.last_invocation: script.Invocation | None = None  # what the latest run was asked for
+        self._imported: set[str] = set()  # runspace pools whose process has loaded the Hyper-V module
 
     def identity(self, username: str) -> Identity:
         return self.host.access.identity(username) if self.host.password is not None else UNCHECKED
@@ -219,7 +220,16 @@ class HostRunner:
         raw_keys = params.get("kvpkeys")
         kvp_keys = [str(key) for key in raw_keys] if isinstance(raw_keys, list | tuple) else None
         self.runs += 1
-        result = self.answer(sections, params.get("gzip") not in (None, False), 65001, kvp_keys, identity=identity)
+        # The pool's process is up (its start-up was paid at the pool's Create). On the JEA endpoint the
+        # role capability's ModulesToImport loaded the Hyper-V module then too; on a plain endpoint
+        # module autoloading imports it on the first Get-VM, so the pool's first collection pays it.
+        process = NO_COST
+        if not jea and pool.shell_id not in self._imported:
+            self._imported.add(pool.shell_id)
+            process = ProcessCost(import_seconds=(self.host.process_cost or NO_COST).import_seconds)
+        result = self.answer(
+            sections, params.get("gzip") not in (None, False), 65001, kvp_keys, identity=identity, process=process
+        )
         if result.exit_code != 0:
             # A failing run: over PSRP its error record travels as such, not as console CLIXML.
             return PipelineResult(error=_script_error(
@@ -447,11 +457,13 @@ def _authorizer(host: SimHost) -> Callable[[str, str], soap.SoapFault | None]:
 
 def _pool_opened(host: SimHost, counters: HostCounters, pause: Callable[[float], None]) -> Callable[[PoolInfo], None]:
     def opened(pool: PoolInfo) -> None:
-        # A runspace pool is a new wsmprovhost.exe on a real host: it pays the start-up and the
-        # Hyper-V module import once (charged here, before the pool's Create is answered) and stays
-        # up, so the pool's pipelines start no process.
+        # A runspace pool is a new wsmprovhost.exe on a real host: it pays the start-up once, before
+        # the pool's Create is answered, and stays up, so the pool's pipelines start no process. The
+        # JEA endpoint imports the Hyper-V module while the session opens (its role capability's
+        # ModulesToImport; JEA does not autoload modules); a plain endpoint on the first collection
+        # (HostRunner.pipeline). The CPU of both is counted here.
         cost = counters.start_process(WSMPROVHOST, host.process_cost or NO_COST)
-        pause(cost.total)
+        pause(cost.total if is_jea(pool.configuration) else cost.start_seconds)
         log.debug("runspace pool opened", extra=logutil.fields(host=host.computer_name, endpoint=pool.configuration))
 
     return opened
