@@ -110,6 +110,8 @@ $RoleFile = Join-Path $ModuleBase "RoleCapabilities\$RoleName.psrc"
 $SessionFile = Join-Path $ModuleBase "$EndpointName.pssc"
 # The stamp line in collect.ps1; the exporter's host/script.py uses the same pattern (HASH_LINE).
 $HashLinePattern = '(?m)^\$scriptHash = ''[0-9a-f]*''$'
+# The same line inside the role capability file, where the function body is indented: captures the hash.
+$RoleStampPattern = '(?m)^\s*\$scriptHash = ''([0-9a-f]*)'''
 $VersionLinePattern = '(?m)^\$scriptVersion = ''([^'']*)''$'
 # In a .NET replacement text "$$" is a literal "$".
 $UnstampedLine = "`$`$scriptHash = ''"
@@ -313,7 +315,7 @@ function Test-Endpoint {
     $roleText = if (Test-Path -LiteralPath $RoleFile) { [IO.File]::ReadAllText($RoleFile) } else { $null }
     Add-Result 'role capability' ($null -ne $roleText) $RoleFile
     if ($null -ne $roleText) {
-        $stamp = [regex]::Match($roleText, "(?m)^\s*\`$scriptHash = '([0-9a-f]*)'")
+        $stamp = [regex]::Match($roleText, $RoleStampPattern)
         $theirs = if ($stamp.Success) { $stamp.Groups[1].Value } else { '' }
         if (Test-Path -LiteralPath $CollectScript) {
             $ours = (Read-CollectScript $CollectScript).Hash
