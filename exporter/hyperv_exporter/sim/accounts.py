@@ -66,8 +66,9 @@ class Identity:
         if self.is_admin or namespace in self.wmi_remote_enable:
             return True
         if namespace == WMI_SECTIONS["kvp"]:
-            # The virtualization namespace grants Hyper-V Administrators its rights, Remote Enable included
-            # (that is how Hyper-V Manager works for them from another machine).
+            # The virtualization namespace grants Hyper-V Administrators its rights, Remote Enable included:
+            # an inference (the group has "complete and unrestricted access to all features of Hyper-V",
+            # and remote Hyper-V Manager works for its members), not read from the namespace's ACL.
             return HYPERV_ADMINISTRATORS in self.groups
         # Other namespaces grant Authenticated Users only Enable Account: enough for a local logon (the
         # JEA virtual account), not for a network logon, which needs Remote Enable (pywinrm #306).
