@@ -6,10 +6,9 @@ import html
 
 from prometheus_client import CollectorRegistry
 
-from hyperv_exporter import __version__, openmetrics
-from hyperv_exporter.web import Handler, Request, Response
-
-METRICS_PATH = "/metrics"
+from hyperv_exporter import __version__
+from hyperv_exporter.web import Handler, Response
+from hyperv_exporter.web.metrics import METRICS_PATH, registry_handler
 
 
 def landing_page(collectors: list[str]) -> str:
@@ -26,18 +25,5 @@ def landing_page(collectors: list[str]) -> str:
 
 
 def make_handler(registry: CollectorRegistry, collectors: list[str]) -> Handler:
-    page = landing_page(collectors)
-
-    def handle(request: Request) -> Response:
-        if request.method not in ("GET", "HEAD"):
-            return Response(405, "method not allowed\n", headers={"Allow": "GET, HEAD"})
-        if request.path == METRICS_PATH:
-            # OpenMetrics when the scraper asks for it. Encoding runs every probe now (fresh families
-            # per scrape, bounded by the probe timeout); the web server gzips when the client asks.
-            body, content_type = openmetrics.encode_registry(registry, request.headers.get("Accept"))
-            return Response(200, body, content_type=content_type)
-        if request.path == "/":
-            return Response(200, page, content_type="text/html; charset=utf-8")
-        return Response(404, "not found\n")
-
-    return handle
+    landing = Response(200, landing_page(collectors), content_type="text/html; charset=utf-8")
+    return registry_handler(registry, landing)

@@ -18,12 +18,10 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from hyperv_exporter import openmetrics
 from hyperv_exporter.sim.cost import IMAGES
 from hyperv_exporter.sim.host import Simulator
-from hyperv_exporter.web import Handler, Request, Response
-
-METRICS_PATH = "/metrics"
+from hyperv_exporter.web import Handler, Response
+from hyperv_exporter.web.metrics import METRICS_PATH, registry_handler
 
 
 class SimulatorCollector(Collector):
@@ -64,17 +62,5 @@ def make_registry(simulator: Simulator) -> CollectorRegistry:
 
 
 def make_handler(simulator: Simulator) -> Handler:
-    registry = make_registry(simulator)
-
-    def handle(request: Request) -> Response:
-        if request.method not in ("GET", "HEAD"):
-            return Response(405, "method not allowed\n", headers={"Allow": "GET, HEAD"})
-        if request.path == METRICS_PATH:
-            # The same negotiation as both programs' /metrics (OpenMetrics when the scraper asks).
-            body, content_type = openmetrics.encode_registry(registry, request.headers.get("Accept"))
-            return Response(200, body, content_type=content_type)
-        if request.path == "/":
-            return Response(200, f"hyperv-sim: the simulated hosts' counters are at {METRICS_PATH}\n")
-        return Response(404, "not found\n")
-
-    return handle
+    landing = Response(200, f"hyperv-sim: the simulated hosts' counters are at {METRICS_PATH}\n")
+    return registry_handler(make_registry(simulator), landing)

@@ -7,8 +7,8 @@ changes. :func:`add_web_flags` adds the toolkit's ``--web.listen-address`` and
 ``--web.config.file`` flags.
 
 Modules: ``config`` (the file format), ``tls``, ``auth``, ``ratelimit``, ``reload`` (loading and
-hot reload), ``listen`` (addresses and sockets), ``flags``, ``messages`` (Request/Response) and
-``server``.
+hot reload), ``listen`` (addresses and sockets), ``flags``, ``messages`` (Request/Response),
+``metrics`` (a registry's /metrics beside a landing page) and ``server``.
 """
 
 from .config import WebConfig, WebConfigError
