@@ -224,10 +224,15 @@ def test_processes_never_carry_passwords_on_their_command_lines(tmp_path: Path) 
         hyperv_sim = str(Path(sys.executable).parent / "hyperv-sim")
         sim = spawn("sim", [hyperv_sim, "--password-file", "sim-password", "--log.level", "debug"])
         deadline = time.monotonic() + 30
-        while len((tmp_path / "sim.log").read_text().splitlines()) < 4:
+
+        def listed() -> dict[str, str]:
+            # "HOST URL" lines on stdout, after the debug log lines about the same listeners.
+            return dict(re.findall(r"^(HV-\S+) (http://\S+)$", (tmp_path / "sim.log").read_text(), re.MULTILINE))
+
+        while len(listed()) < 7:
             assert sim.poll() is None and time.monotonic() < deadline, (tmp_path / "sim.log").read_text()
             time.sleep(0.1)
-        urls = dict(re.findall(r"^(HV-\S+) (http://\S+)$", (tmp_path / "sim.log").read_text(), re.MULTILINE))
+        urls = listed()
         assert len(urls) == 7  # the demo fleet's hosts
         endpoints = "".join(f"      {name}: {url}\n" for name, url in urls.items())
         for index, (source, log_format) in enumerate((("password_file: password", "json"),
