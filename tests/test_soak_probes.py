@@ -266,4 +266,6 @@ def test_soak(tmp_path: Path) -> None:
     assert slowest[0] < SCRAPE_TIMEOUT + 2.0, "a probe outlived its deadline"
     assert end_status["VmRSS"] < start_status["VmRSS"] * 1.5 + 32 * 1024, "resident memory keeps growing"
     assert end_status["Threads"] < start_status["Threads"] + 40, "threads keep growing"
-    assert end_status["fds"] < start_status["fds"] + 40, "open files keep growing"
+    # One connection per host and the scrapes in flight: a dropped pool or shell closes its connection
+    # at once (test_transport_connections), so the count holds steady under faults.
+    assert end_status["fds"] < start_status["fds"] + 20, "open files keep growing"

@@ -360,6 +360,12 @@ class WSManEndpoint:
         with self._connections_lock:
             self._connections.pop(sock, None)
 
+    @property
+    def open_connections(self) -> int:
+        """Client connections open right now (a client that drops its session should close its own)."""
+        with self._connections_lock:
+            return len(self._connections)
+
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
         return f"WSManEndpoint(name={self.name!r}, url={self.url!r}, {state})"
