@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import base64
 import struct
+import threading
+import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import pytest
+import requests
 from defusedxml.ElementTree import fromstring
 from pypsrp.powershell import PowerShell, RunspacePool
 from pypsrp.wsman import WSMan, _TransportHTTP
@@ -157,3 +160,41 @@ def test_a_pipeline_larger_than_one_envelope_arrives_whole_through_send() -> Non
         ps.close()
         assert endpoint.stats["send"] >= 2
     assert [len(c.text) for c in seen] == [1_200_001]
+
+
+def test_stopping_the_service_drops_a_waiting_receive() -> None:
+    # As for a WinRS Receive (test_wsman_faults): a stopping WinRM service drops the connection of a
+    # Receive waiting for output; it does not answer "shell not found" for a pool it just forgot.
+    def slow(pool: PoolInfo, commands: list[Command]) -> PipelineResult:
+        return PipelineResult(output=["late"], run_seconds=60)
+
+    endpoint = WSManEndpoint(lambda *args: None, users={"monitor": "pw"}, psrp_runner=slow)  # type: ignore[arg-type,return-value]
+    with endpoint:
+        wsman = WSMan(
+            "127.0.0.1", port=endpoint.port, ssl=False, auth="basic", username="monitor", password="pw",
+            encryption="never", reconnection_retries=0, operation_timeout=20,
+        )  # fmt: skip
+        pool = RunspacePool(wsman)
+        pool.open()
+        ps = PowerShell(pool)
+        ps.add_cmdlet("Get-VM")
+        ps.begin_invoke()
+        outcome: list[BaseException] = []
+
+        def receive() -> None:
+            try:
+                ps.poll_invoke()
+            except BaseException as exc:
+                outcome.append(exc)
+
+        receives = endpoint.stats["receive"]
+        thread = threading.Thread(target=receive)
+        thread.start()
+        deadline = time.monotonic() + 10
+        while endpoint.stats["receive"] == receives and time.monotonic() < deadline:
+            time.sleep(0.005)
+        endpoint.stop()
+        thread.join(10)
+    assert not thread.is_alive()
+    assert isinstance(outcome[0], requests.exceptions.ConnectionError), outcome
+    assert endpoint.stats["soap_faults"] == 0  # the forgotten pool was not answered as a fault

@@ -177,6 +177,9 @@ class PsrpHost:
         self._cond = cond  # shared with the WinRS service: one lock, one stop, one expiry
         self._pools: dict[str, _Pool] = {}
         self.pools_opened = 0
+        # The WinRM service stopped (set with the lock held): every request, also a Receive
+        # waiting for output, drops its connection instead of answering.
+        self.closed = False
 
     # -- bookkeeping (call with the lock held) ---------------------------------------------------
 
@@ -197,6 +200,8 @@ class PsrpHost:
                 del self._pools[shell_id]
 
     def _pool(self, req: soap.Request) -> _Pool:
+        if self.closed:
+            raise Abort
         pool = self._pools.get((req.shell_id or "").upper())
         if pool is None or pool.resource_uri.lower() != req.resource_uri.lower():
             raise soap.RequestError(soap.fault_shell_not_found(), req.message_id)
@@ -407,8 +412,8 @@ class PsrpHost:
             self._cond.notify_all()
         return soap.delete_response(req.message_id)
 
-    def dispatch(self, name: str, req: soap.Request, ctx: CallContext, closed: bool) -> str:
-        if closed:
+    def dispatch(self, name: str, req: soap.Request, ctx: CallContext) -> str:
+        if self.closed:
             raise Abort
         if name == "create":
             return self.create(req, ctx)

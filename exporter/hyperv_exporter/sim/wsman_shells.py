@@ -213,6 +213,8 @@ class ShellHost:
     def open(self) -> None:
         with self._cond:
             self._closed = False
+            if self.psrp is not None:
+                self.psrp.closed = False
 
     def close(self) -> None:
         """Service stopped: forget every shell and wake blocked Receives so they drop their connections."""
@@ -220,6 +222,7 @@ class ShellHost:
             self._closed = True
             self._shells.clear()
             if self.psrp is not None:
+                self.psrp.closed = True
                 self.psrp.clear()
             self._cond.notify_all()
 
@@ -257,9 +260,8 @@ class ShellHost:
                     name_part = req.resource_uri[len(soap.RESOURCE_URI_POWERSHELL) :]
                     raise soap.RequestError(soap.fault_unknown_configuration(name_part, "localhost"))
                 with self._cond:
-                    closed = self._closed
                     self._expire_locked(time.monotonic())
-                return self.psrp.dispatch(name, req, ctx, closed)
+                return self.psrp.dispatch(name, req, ctx)
             if name == "create":
                 return self._create(req, ctx)
             if name == "command":
