@@ -287,6 +287,7 @@ class ConfigurableStack(Stack):
         allow_unencrypted: bool = True,
         password: str = "S1m-Pa55word-for-tests",  # noqa: S107 - the simulated fleet's test password
     ) -> None:
+        self.protocol = "psrp" if "protocol: psrp" in winrm else "winrs"
         super().__init__(
             tmp_path,
             flags=flags,

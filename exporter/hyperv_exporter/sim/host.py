@@ -15,14 +15,12 @@ from __future__ import annotations
 import base64
 import gzip
 import logging
-import re
 import ssl
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache, partial
 
-from defusedxml.ElementTree import fromstring as safe_fromstring
 from psrpcore.types import ErrorCategory
 
 from hyperv_exporter import logutil
@@ -43,6 +41,7 @@ from hyperv_exporter.sim.cost import NO_COST, POWERSHELL, WSMPROVHOST, HostCount
 from hyperv_exporter.sim.fleet import SimFleet, SimHost, to_ticks
 from hyperv_exporter.sim.ps51json import dumps
 from hyperv_exporter.sim.wsman import CommandResult, Shell, WSManEndpoint, clixml_error
+from hyperv_exporter.sim.wsman_clixml import DEFAULT_CATEGORY_INFO, DEFAULT_ERROR_ID
 from hyperv_exporter.sim.wsman_psrp import Command, PipelineError, PipelineResult, PoolInfo
 
 log = logging.getLogger(__name__)
@@ -124,26 +123,63 @@ def _script_error(message: str, fq_error: str, category: ErrorCategory, reason: 
     )
 
 
-def _error_text(stderr: bytes, limit: int = 4000) -> str:
-    """The message of the error a failing run wrote to stderr as console CLIXML, as its error record
-    carries it over PSRP: the console's wrapping undone, without the "Command : " prefix and the
-    "+ CategoryInfo" lines the console adds."""
-    text = stderr[:limit].decode("utf-8", errors="replace")
-    if text.startswith("#< CLIXML"):
-        try:
-            root = safe_fromstring(text.split("\n", 1)[1])
-            text = "".join(node.text or "" for node in root.iter() if node.get("S") == "Error")
-        except Exception:  # malformed on purpose (the bad_clixml fault): keep the raw text
-            log.debug("stderr CLIXML not parsed", exc_info=True)
-    message = ""
-    for line in text.split("_x000D__x000A_"):
-        if line.strip().startswith("+ "):
-            break
-        if line.strip():
-            # The console cut long lines, appending a blank and indenting the rest by three.
-            message = message[:-1] + line.lstrip() if message.endswith(" ") else message + line
-    message = re.sub(r"^[\w-]+ : ", "", message.strip())
-    return message[:2000] or "the script failed"
+@dataclass(frozen=True)
+class ScriptFailure:
+    """A run of the collection that fails. Over WinRS powershell.exe writes it to stderr as console
+    CLIXML (``stderr``: the bytes, when a fault dictates them); over PSRP it travels as an error record."""
+
+    message: str
+    command: str = ""  # the cmdlet that failed: the console puts "Get-VM : " before the message
+    category_info: str = DEFAULT_CATEGORY_INFO
+    error_id: str = DEFAULT_ERROR_ID
+    stderr: bytes | None = None
+    exit_code: int = 1  # powershell.exe's
+
+    def console(self, codepage: int) -> bytes:
+        if self.stderr is not None:
+            return self.stderr
+        text = f"{self.command} : {self.message}" if self.command else self.message
+        return clixml_error(text, category_info=self.category_info, error_id=self.error_id, codepage=codepage)
+
+    def record(self) -> PipelineError:
+        # The exception's type name: the last part of the error id ("System.OutOfMemoryException").
+        reason = self.error_id.split(",")[0].rsplit(".", 1)[-1]
+        return _script_error(self.message, self.error_id, ErrorCategory.NotSpecified, reason, "")
+
+
+@dataclass
+class RunOutcome:
+    """One run of the collection script, whatever carries it: its output, or the failure that ended it."""
+
+    stdout: bytes = b""
+    failure: ScriptFailure | None = None
+    stderr: bytes = b""  # what the console showed on stderr besides a failure (progress records)
+    run_seconds: float = 0.0
+
+
+_OUT_OF_MEMORY = ScriptFailure(
+    scale.OUT_OF_MEMORY,
+    category_info="OperationStopped: (:) [], OutOfMemoryException",
+    error_id="System.OutOfMemoryException",
+)
+
+
+def _fault_failure(fault: str | None) -> ScriptFailure | None:
+    """The failure an output fault makes a run end with (built on demand: one is 12 MiB)."""
+    if fault == "powershell_error":
+        return ScriptFailure(
+            "You do not have the required permission to complete this task. Contact the administrator of the "
+            "authorization policy for the computer 'localhost'.",
+            command="Get-VM",
+        )
+    if fault == "bad_clixml":
+        # A console-only fault: over PSRP the same text is only a message, escaped like any other.
+        return ScriptFailure(_BAD_CLIXML.decode(), stderr=_BAD_CLIXML)
+    if fault == "huge_stderr":
+        # Over WinRS raw stderr bytes, over PSRP one error record as large: either way past the cap.
+        huge = "E" * (12 * 1024 * 1024)
+        return ScriptFailure(huge, stderr=huge.encode())
+    return None
 
 
 def _command_not_found(name: str) -> PipelineError:
@@ -227,16 +263,12 @@ class HostRunner:
         if not jea and pool.shell_id not in self._imported:
             self._imported.add(pool.shell_id)
             process = ProcessCost(import_seconds=(self.host.process_cost or NO_COST).import_seconds)
-        result = self.answer(
-            sections, params.get("gzip") not in (None, False), 65001, kvp_keys, identity=identity, process=process
-        )
-        if result.exit_code != 0:
-            # A failing run: over PSRP its error record travels as such, not as console CLIXML.
-            return PipelineResult(error=_script_error(
-                _error_text(result.stderr), "hyperv-sim-fault", ErrorCategory.NotSpecified, "RuntimeException", "",
-            ), run_seconds=result.run_seconds)  # fmt: skip
+        outcome = self.run(sections, params.get("gzip") not in (None, False), 65001, kvp_keys, identity, process)
+        if outcome.failure is not None:
+            # Over PSRP the error record travels as such, not as console CLIXML.
+            return PipelineResult(error=outcome.failure.record(), run_seconds=outcome.run_seconds)
         # In a runspace the script's output is one string object (no console, so no code page).
-        return PipelineResult([result.stdout.decode("utf-8", errors="replace")], run_seconds=result.run_seconds)
+        return PipelineResult([outcome.stdout.decode("utf-8", errors="replace")], run_seconds=outcome.run_seconds)
 
     # -- WinRS -------------------------------------------------------------------------------------
     def __call__(self, shell: Shell, command: str, arguments: list[str]) -> CommandResult:
@@ -309,25 +341,32 @@ class HostRunner:
         identity: Identity = UNCHECKED,
         process: ProcessCost = NO_COST,
     ) -> CommandResult:
-        """The script's output. ``kvp_keys``: -KvpKeys, filtered on the host; ``identity``: whose rights
-        it runs with; ``process``: the cost of the new process it runs in (WinRS); NO_COST for a
-        pipeline in an already running one (a kept PSRP runspace)."""
+        """The script's run as powershell.exe gives it over WinRS: its output on stdout, an error as
+        console CLIXML on stderr. The arguments are :meth:`run`'s."""
+        outcome = self.run(sections, use_gzip, codepage, kvp_keys, identity, process)
+        failure = outcome.failure
+        if failure is not None:
+            return CommandResult(outcome.stdout, failure.console(codepage), failure.exit_code, outcome.run_seconds)
+        return CommandResult(outcome.stdout, outcome.stderr, 0, outcome.run_seconds)
+
+    def run(
+        self,
+        sections: list[str],
+        use_gzip: bool,
+        codepage: int,
+        kvp_keys: Sequence[str] | None = None,
+        identity: Identity = UNCHECKED,
+        process: ProcessCost = NO_COST,
+    ) -> RunOutcome:
+        """One run of the collection script, whatever carries it. ``kvp_keys``: -KvpKeys, filtered on
+        the host; ``identity``: whose rights it runs with; ``process``: the cost of the new process it
+        runs in (WinRS); NO_COST for a pipeline in an already running one (a kept PSRP runspace)."""
         host = self.host
         fault = host.output_fault
         started, run_seconds = self._run_clock(process)
-        if fault == "bad_clixml":
-            return CommandResult(stderr=_BAD_CLIXML, exit_code=1, run_seconds=run_seconds)
-        if fault == "huge_stderr":
-            return CommandResult(stderr=b"E" * (12 * 1024 * 1024), exit_code=1, run_seconds=run_seconds)
-        if fault == "powershell_error":
-            return CommandResult(
-                stderr=clixml_error(
-                    "Get-VM : You do not have the required permission to complete this task. Contact the "
-                    "administrator of the authorization policy for the computer 'localhost'."
-                ),
-                exit_code=1,
-                run_seconds=run_seconds,
-            )
+        failure = _fault_failure(fault)
+        if failure is not None:
+            return RunOutcome(failure=failure, run_seconds=run_seconds)
         doc = restrict_document(host.document(sections, started), identity, host.computer_name)
         if kvp_keys is not None:
             scale.filter_document_kvp(doc, kvp_keys)
@@ -366,19 +405,13 @@ class HostRunner:
             )
             host.last_peak_memory_bytes = peak
             if peak > host.max_memory_per_shell_mb * scale.MIB:
-                error = clixml_error(
-                    scale.OUT_OF_MEMORY,
-                    category_info="OperationStopped: (:) [], OutOfMemoryException",
-                    error_id="System.OutOfMemoryException",
-                    codepage=codepage,
-                )
-                return CommandResult(stderr=error, exit_code=1, run_seconds=run_seconds)
+                return RunOutcome(failure=_OUT_OF_MEMORY, run_seconds=run_seconds)
         if fault == "not_json":
             stdout = b"WARNING: something went wrong, and this is not JSON"
         elif fault == "truncated":
             stdout = stdout[: len(stdout) // 2]
         stderr = PROGRESS_CLIXML if fault == "progress_stderr" else b""
-        return CommandResult(stdout=stdout, stderr=stderr, exit_code=0, run_seconds=run_seconds)
+        return RunOutcome(stdout=stdout, stderr=stderr, run_seconds=run_seconds)
 
 
 # The WinRM block for a simulator: Basic over plain HTTP is acceptable only because the listeners

@@ -35,11 +35,10 @@ from typing import Any
 from hyperv_exporter.sim.accounts import Identity
 from hyperv_exporter.sim.cost import NO_COST, ProcessCost
 from hyperv_exporter.sim.fleet import SimFleet, SimHost, to_ticks
-from hyperv_exporter.sim.host import UNCHECKED, HostRunner, encode_stdout
+from hyperv_exporter.sim.host import UNCHECKED, HostRunner, RunOutcome, ScriptFailure, encode_stdout
 from hyperv_exporter.sim.ps51json import dumps
 from hyperv_exporter.sim.scale import filter_document_kvp
 from hyperv_exporter.sim.tables import DOTNET_EPOCH_TICKS
-from hyperv_exporter.sim.wsman import CommandResult
 
 CAPTURE_KIND = "hyperv-exporter-capture"
 CAPTURE_VERSION = 1
@@ -248,7 +247,7 @@ class ReplayRunner(HostRunner):
 
     host: ReplayHost
 
-    def answer(
+    def run(
         self,
         sections: list[str],
         use_gzip: bool,
@@ -256,15 +255,20 @@ class ReplayRunner(HostRunner):
         kvp_keys: Sequence[str] | None = None,
         identity: Identity = UNCHECKED,
         process: ProcessCost = NO_COST,
-    ) -> CommandResult:
+    ) -> RunOutcome:
         # A capture is what an account that could read everything got: identity does not apply. The
         # process cost does, as on a live host (the capture's own timings are the script's alone).
         assert self.host.capture is not None
         run = _pick_run(self.host.capture, sections)
         stderr = run.stderr.encode("utf-8")
         started, seconds = self._run_clock(process)
-        if run.exit_code != 0 or not run.stdout:
-            return CommandResult(run.stdout.encode("utf-8"), stderr, run.exit_code, run_seconds=seconds)
+        if run.exit_code != 0:
+            # The captured stderr as it was: console CLIXML from a WinRS capture, the error records'
+            # text from a PSRP one (replayed over PSRP as the message of one record).
+            failure = ScriptFailure(run.stderr, stderr=stderr, exit_code=run.exit_code)
+            return RunOutcome(run.stdout.encode("utf-8"), failure, run_seconds=seconds)
+        if not run.stdout:
+            return RunOutcome(b"", stderr=stderr, run_seconds=seconds)
         text = run.stdout
         # The captured bytes as they are whenever the sections match: -KvpKeys changes nothing the
         # exporter reports (tests/test_large_hosts.py), and re-serialising would lose the host's quirks.
@@ -281,7 +285,7 @@ class ReplayRunner(HostRunner):
             "ClockEndTicks": to_ticks(started - process.start_seconds + seconds) - to_ticks(run.ended),
         }
         text = _CLOCK.sub(lambda m: f'"{m.group(1)}":{int(m.group(2)) + shift[m.group(1)]}', text)
-        return CommandResult(encode_stdout(text, use_gzip, codepage), stderr, 0, run_seconds=seconds)
+        return RunOutcome(encode_stdout(text, use_gzip, codepage), stderr=stderr, run_seconds=seconds)
 
 
 def runner_for(host: SimHost) -> HostRunner:

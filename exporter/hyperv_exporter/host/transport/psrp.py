@@ -89,6 +89,7 @@ class _HardenedTransportHTTP(_TransportHTTP):
     http: HardenedHTTP
     requests_total: int
     last_wire: tuple[float, float] = (0.0, 0.0)  # (sent, answered) of the latest request: clock offset
+    received_bytes = 0  # message bytes received since the pipeline started (the wire cap)
 
     def _build_session(self) -> requests.Session:
         session: requests.Session = super()._build_session()
@@ -122,6 +123,7 @@ class _HardenedTransportHTTP(_TransportHTTP):
         else:
             content = response.content
         self.http.check_text(content)
+        self.received_bytes += len(content)
         if response.status_code == 401:
             raise AuthenticationError("the host rejected the credentials (HTTP 401)")
         if response.status_code >= 400:
@@ -404,11 +406,17 @@ class PSRPSession:
         ps.begin_invoke()
         sent, answered = transport.last_wire  # the Command that created the pipeline
         round_trip = answered - sent
-        size = 0
+        transport.received_bytes = 0
+        limit = self.settings.max_output_bytes
         while ps.state == PSInvocationState.RUNNING:
             ps.poll_invoke()  # Receive: bounded by the deadline through _Pool._receive
+            # Two caps. The output's characters, as on winrs. And everything the host sent for this
+            # pipeline, whatever the stream (error, warning, verbose, progress records are kept by
+            # pypsrp too) and however it is cut into objects (pypsrp holds the fragments of an object
+            # until it is whole, so one endless object would never show up in ps.output): the bytes
+            # on the wire, with room for base64 (4/3) and XML escaping of real output.
             size = sum(len(str(item)) for item in ps.output)
-            if size > self.settings.max_output_bytes:
+            if size > limit or transport.received_bytes > 2 * limit:
                 self.arm(pool.connection, deadline + 1.0)
                 if ps.state == PSInvocationState.RUNNING:
                     ps.stop()  # Signal ctrl_c: the host stops producing
