@@ -51,10 +51,10 @@ def test_counters_count_processes_by_image_and_model_cpu() -> None:
     assert counters.start_process(POWERSHELL, cost) is cost
     counters.start_process(POWERSHELL, cost)
     counters.start_process(WSMPROVHOST, cost)
-    counters.script_ran(0.25)
+    counters.script_ran(0.25, imported=cost)  # the one run that imported the Hyper-V module
     snapshot = counters.snapshot()
     assert snapshot.processes == {POWERSHELL: 2, WSMPROVHOST: 1}
-    assert snapshot.cpu_seconds == pytest.approx(3 * 1.5 + 0.25)
+    assert snapshot.cpu_seconds == pytest.approx(3 * 0.5 + 1.0 + 0.25)
     counters.reset()
     assert counters.snapshot().processes == {POWERSHELL: 0, WSMPROVHOST: 0}
 
@@ -116,6 +116,8 @@ def test_a_new_process_delays_the_output_and_the_first_clock_reading() -> None:
     assert runner(shell, "powershell", ["-Command", "Get-Date"]).exit_code == 1
     assert runner(shell, "hostname", []).exit_code == 1  # cmd.exe only: not a PowerShell process
     assert runner.counters.snapshot().processes[POWERSHELL] == 2
+    # That refused process started, but never ran a Hyper-V cmdlet: no module import charged.
+    assert runner.counters.snapshot().cpu_seconds == pytest.approx(1.65 + 0.6)
 
 
 # --- counted through the real exporter ------------------------------------------------------------

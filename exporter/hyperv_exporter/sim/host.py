@@ -329,7 +329,7 @@ class HostRunner:
         """(when the script's first line runs, seconds from the Command to its output), and the script's
         CPU charged. The first line runs once the process is up (its ClockStart and the VMs' uptimes
         are read then); the output exists after the module import and the script's own run time."""
-        self.counters.script_ran(self.host.run_seconds)
+        self.counters.script_ran(self.host.run_seconds, imported=process)
         return time.time() + process.start_seconds, process.total + self.host.run_seconds
 
     def answer(
@@ -494,8 +494,10 @@ def _pool_opened(host: SimHost, counters: HostCounters, pause: Callable[[float],
         # the pool's Create is answered, and stays up, so the pool's pipelines start no process. The
         # JEA endpoint imports the Hyper-V module while the session opens (its role capability's
         # ModulesToImport; JEA does not autoload modules); a plain endpoint on the first collection
-        # (HostRunner.pipeline). The CPU of both is counted here.
+        # (HostRunner.pipeline), where its CPU is counted too.
         cost = counters.start_process(WSMPROVHOST, host.process_cost or NO_COST)
+        if is_jea(pool.configuration):
+            counters.script_ran(0.0, imported=cost)
         pause(cost.total if is_jea(pool.configuration) else cost.start_seconds)
         log.debug("runspace pool opened", extra=logutil.fields(host=host.computer_name, endpoint=pool.configuration))
 
@@ -551,16 +553,16 @@ class Simulator:
     endpoints: dict[str, WSManEndpoint] = field(default_factory=dict)
     runners: dict[str, HostRunner] = field(default_factory=dict)
     counters: dict[str, HostCounters] = field(default_factory=dict)
-    # Builds each host's command runner; replayed captures bring their own (sim.replay.runner_for).
-    runner_factory: Callable[[SimHost], HostRunner] = HostRunner
+    # Builds each host's command runner on its counters; replayed captures bring their own
+    # (sim.replay.runner_for).
+    runner_factory: Callable[[SimHost, HostCounters], HostRunner] = HostRunner
 
     def start(self) -> None:
         for host in self.fleet.hosts:
             if host.process_cost is None:
                 host.process_cost = self.process_cost
             counters = self.counters.setdefault(host.computer_name, HostCounters())
-            runner = self.runner_factory(host)
-            runner.counters = counters
+            runner = self.runner_factory(host, counters)
             users = _HostUsers(host) if host.password is not None else None
             endpoint = WSManEndpoint(
                 runner,

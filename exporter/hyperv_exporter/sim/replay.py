@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from hyperv_exporter.sim.accounts import Identity
-from hyperv_exporter.sim.cost import NO_COST, ProcessCost
+from hyperv_exporter.sim.cost import NO_COST, HostCounters, ProcessCost
 from hyperv_exporter.sim.fleet import SimFleet, SimHost, to_ticks
 from hyperv_exporter.sim.host import UNCHECKED, HostRunner, RunOutcome, ScriptFailure, encode_stdout
 from hyperv_exporter.sim.ps51json import dumps
@@ -288,9 +288,9 @@ class ReplayRunner(HostRunner):
         return RunOutcome(encode_stdout(text, use_gzip, codepage), stderr=stderr, run_seconds=seconds)
 
 
-def runner_for(host: SimHost) -> HostRunner:
+def runner_for(host: SimHost, counters: HostCounters) -> HostRunner:
     """``Simulator(runner_factory=runner_for)``: replayed hosts answer from their capture, others live."""
-    return ReplayRunner(host) if isinstance(host, ReplayHost) else HostRunner(host)
+    return ReplayRunner(host, counters) if isinstance(host, ReplayHost) else HostRunner(host, counters)
 
 
 def replay_host(capture: Capture, name: str | None = None) -> ReplayHost:
