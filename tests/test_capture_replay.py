@@ -335,3 +335,18 @@ def test_capture_run_records_a_failing_host(tmp_path: Path, live: Simulator) -> 
     run = capture_run(live.url("HV-DUBLIN-01"), settings(), ["host", "vm"])
     assert run.exit_code == 1 and "permission" in run.stderr and run.stdout == ""
     assert isinstance(run, CaptureRun)
+
+
+def test_captures_record_the_hash_the_script_reports(tmp_path: Path) -> None:
+    """ScriptSha256 in a capture is collect.ps1's own ScriptHash (host/script.py text_hash), from the
+    PowerShell capture script and from sim/capture.py alike: one hash of the script, not two."""
+    text = CAPTURE_SCRIPT.read_text(encoding="utf-8")
+    match = re.search(r"^\$HashLinePattern = '((?:[^']|'')*)'$", text, flags=re.M)
+    assert match is not None and match.group(1).replace("''", "'") == "(?m)" + script.HASH_LINE.pattern
+    # No BOM, LF (above), the stamp emptied ("$$" is .NET's literal "$"), UTF-8 without a BOM.
+    assert "$scriptText.TrimStart([char]0xFEFF), $HashLinePattern, \"`$`$scriptHash = ''\")" in text
+    assert "(New-Object Text.UTF8Encoding $false).GetBytes($canonicalText)" in text
+    assert "ScriptSha256 = $scriptHash" in text
+    assert capture.main(["--host", "HV-BERLIN-01", "--out", str(tmp_path)]) == 0
+    (path,) = tmp_path.glob("*.json")
+    assert json.loads(path.read_text(encoding="utf-8"))["ScriptSha256"] == script.script_hash()

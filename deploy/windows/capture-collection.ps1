@@ -66,8 +66,12 @@ $captureErrors = New-Object System.Collections.ArrayList
 # -- the script and the command, as hyperv_exporter/host/script.py builds them ------------------------
 # The exporter sends the script with LF line ends.
 $scriptText = [IO.File]::ReadAllText((Resolve-Path -LiteralPath $ScriptPath).ProviderPath).Replace("`r`n", "`n")
+# Recorded as ScriptSha256: the hash collect.ps1 reports as its ScriptHash (host/script.py text_hash;
+# HyperVExporterEndpoint.ps1 stamps the same): no BOM, LF line ends, the hash stamp line emptied.
+$HashLinePattern = '(?m)^\$scriptHash = ''[0-9a-f]*''$'
+$canonicalText = [regex]::Replace($scriptText.TrimStart([char]0xFEFF), $HashLinePattern, "`$`$scriptHash = ''")
 $sha = [Security.Cryptography.SHA256]::Create()
-$scriptHash = -join ($sha.ComputeHash([Text.Encoding]::UTF8.GetBytes($scriptText)) | ForEach-Object { $_.ToString('x2') })
+$scriptHash = -join ($sha.ComputeHash((New-Object Text.UTF8Encoding $false).GetBytes($canonicalText)) | ForEach-Object { $_.ToString('x2') })
 
 if (-not $Collectors) {
     $found = New-Object System.Collections.ArrayList

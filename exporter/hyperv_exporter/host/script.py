@@ -103,11 +103,6 @@ def script_text() -> str:
     return HASH_LINE.sub(f"$scriptHash = '{script_hash()}'", _shipped_text(), count=1)
 
 
-def script_digest(text: str | None = None) -> str:
-    """SHA-256 of a script text after line-end normalisation; the simulator uses it to recognise ours."""
-    return hashlib.sha256((script_text() if text is None else text).replace("\r\n", "\n").encode()).hexdigest()
-
-
 def short_hash(value: str | None) -> str:
     """The first 12 hex digits, as the log, the landing page and the metric label show a hash."""
     return (value or "")[:12]

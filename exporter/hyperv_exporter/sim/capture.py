@@ -238,7 +238,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 pseudonymized=args.pseudonymize,
                 note=args.note or f"hyperv-sim host {host.computer_name} from {fleet.source}",
                 tool=TOOL,
-                script_sha256=script.script_digest(),
+                script_sha256=script.script_hash(),  # what collect.ps1 reports as ScriptHash
             )
             path = out / f"{name.lower()}.json"
             path.write_text(json.dumps(doc, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")

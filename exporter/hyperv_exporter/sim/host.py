@@ -239,7 +239,7 @@ class HostRunner:
             return PipelineResult(error=_command_not_found(command.text))
         if not jea and not command.is_script:
             return PipelineResult(error=_command_not_found(command.text))
-        if not jea and script.script_digest(command.text) != script.script_digest():
+        if not jea and script.text_hash(command.text) != script.script_hash():
             return PipelineResult(error=_script_error(
                 "hyperv-sim: this simulated Hyper-V host runs only the hyperv-exporter collection script.",
                 "hyperv-sim", ErrorCategory.NotImplemented, "NotSupportedException", "",
@@ -306,7 +306,7 @@ class HostRunner:
                 exit_code=1,
                 run_seconds=process.start_seconds,
             )
-        if script.script_digest(shipped) != script.script_digest():
+        if script.text_hash(shipped) != script.script_hash():
             return CommandResult(
                 stderr=clixml_error(
                     "hyperv-sim: the script in the shell environment is not this version's collect.ps1."
