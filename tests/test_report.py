@@ -211,3 +211,41 @@ def test_ticks_conversion() -> None:
 def test_fixture_json_is_valid_for_other_parsers_too() -> None:
     for path in FIXTURES.glob("*.json"):
         json.loads(path.read_text(encoding="utf-8"))
+
+
+def _vm_with_services(index: int, services: list[object]) -> dict[str, object]:
+    vm_id = f"11111111-0000-4000-8000-{index:012d}"
+    for entry in services:
+        if isinstance(entry, dict) and isinstance(entry.get("Id"), str):
+            entry["Id"] = f"Microsoft:{vm_id.upper()}\\{entry['Id']}"
+    return {"Name": f"vm{index}", "Id": vm_id, "State": "Running", "IntegrationServices": services}
+
+
+def test_equal_service_entries_share_one_record_and_bad_ones_stay_apart() -> None:
+    """Entries that repeat across VMs are parsed once (report._services keeps their records). A wrong
+    type that equals a right one (1 == True), an unhashable value and a problem are never taken from
+    or put in that store: each VM gets its own problem line, as without it."""
+    heartbeat = "84EAAE65-2F2E-45F5-9BB5-0E857DC8EB47"
+    good = {"Id": heartbeat, "Name": "Heartbeat", "Enabled": True, "PrimaryOperationalStatus": "Ok"}
+    vms = [
+        _vm_with_services(0, [dict(good)]),
+        _vm_with_services(1, [dict(good)]),
+        _vm_with_services(2, [{**good, "Enabled": 1}]),
+        _vm_with_services(3, [{**good, "Name": ["not", "text"]}]),
+        _vm_with_services(4, [{**good, "PrimaryOperationalStatus": "Quantum"}]),
+        _vm_with_services(5, [{**good, "PrimaryOperationalStatus": "Quantum"}]),
+        _vm_with_services(6, [dict(good), {**good, "Enabled": False}]),  # the first entry of a service counts
+    ]
+    doc = json.dumps({"SchemaVersion": 1, "Sections": {"vm": {}, "integration_services": {}}, "VMs": vms})
+    report = parse_report(doc, KVP)
+    services = [(vm.integration_services or [None])[0] for vm in report.vms]
+    assert all(ic is not None and ic.service == "heartbeat" for ic in services)
+    assert services[0] is services[1] is services[6]  # one record for equal entries
+    assert services[2] is not None and services[2].enabled is None  # 1 is not a boolean
+    assert services[3] is not None and services[3].display_name == "heartbeat"  # no text: the canonical name
+    assert services[4] is not None and services[4].primary_status == "unknown"
+    assert [len(vm.integration_services or []) for vm in report.vms] == [1] * 7
+    text = "\n".join(report.problems)
+    assert "vm2" in text and "Enabled is not a boolean" in text
+    assert "vm3" in text and "Name is not a string" in text
+    assert text.count("unknown PrimaryOperationalStatus 'Quantum'") == 2  # vm4 and vm5 each

@@ -17,7 +17,7 @@ KVP_HOST = "host"  # HostExchangeItems: pushed by the host administrator
 KVP_SOURCES = (KVP_GUEST_INTRINSIC, KVP_GUEST, KVP_HOST)
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, frozen=True)  # shared by the VMs whose entries are equal (report._services)
 class IntegrationService:
     service: str  # canonical name from enums.SERVICES, whatever the host's language
     display_name: str  # the host's (localized) Name, for humans only

@@ -26,7 +26,7 @@ import sys
 import zlib
 from collections.abc import Iterable, Iterator, Mapping
 from functools import lru_cache
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 
@@ -344,34 +344,77 @@ class _Fields:
         return None
 
 
+# What _services reads of one entry. Entries repeat across VMs (six services, a handful of states
+# and texts per host), so the record parsed from each distinct entry is kept and shared: most of a
+# host's entries then cost a tuple and a dict lookup instead of seven checked reads. Only entries of
+# plain values are kept (str, bool, None: no 1 == True or 2 == 2.0 between a wrong and a right type)
+# and only when they parsed without a problem line, which names the VM.
+_SERVICE_KEYS = (
+    "Name", "Enabled", "PrimaryOperationalStatus", "SecondaryOperationalStatus",
+    "PrimaryStatusDescription", "SecondaryStatusDescription",
+)  # fmt: skip
+_PLAIN = (str, bool, type(None))
+_SERVICE_MEMO: dict[tuple[object, ...], IntegrationService | None] = {}
+_SERVICE_MEMO_MAX = 4096  # distinct entries; a host with more (hostile texts) clears it and goes on
+_MISSING = object()
+
+
+def _service(f: _Fields, service: str) -> IntegrationService:
+    """One integration-service entry of a known ``service``."""
+    secondary = f.text("SecondaryOperationalStatus")
+    return IntegrationService(
+        service=service,
+        display_name=f.shared("Name") or service,
+        enabled=f.boolean("Enabled"),
+        primary_status=f.enum("PrimaryOperationalStatus", enums.IC_STATUSES),
+        secondary_status=None if secondary is None else enums.label_for(secondary, enums.IC_STATUSES),
+        primary_description=f.shared("PrimaryStatusDescription"),
+        secondary_description=f.shared("SecondaryStatusDescription"),
+    )
+
+
 def _services(vm: _Fields, where: str) -> list[IntegrationService] | None:
     entries = vm.array("IntegrationServices", MAX_SERVICES_PER_VM)
     if entries is None:
         return None
     result: list[IntegrationService] = []
     seen: set[str] = set()
+    problems = vm.problems
+    memo = _SERVICE_MEMO
     for entry in entries:
         if not isinstance(entry, dict):
-            vm.problems.append(f"{where}: an integration service entry is not an object")
+            problems.append(f"{where}: an integration service entry is not an object")
             continue
-        f = _Fields(entry, where, vm.problems)
+        ic_id = entry.get("Id")
+        # The Id is "Microsoft:<VM Id>\\<service GUID>": the part that repeats across VMs is the key.
+        key = (ic_id.rpartition("\\")[2] if type(ic_id) is str else ic_id, *map(entry.get, _SERVICE_KEYS))
+        enabled = key[2]
+        cached: object = _MISSING
+        if enabled is None or enabled is True or enabled is False:  # not 1 or 1.0, which equal True
+            try:  # noqa: SIM105 - per entry: a try costs nothing, contextlib.suppress a call
+                cached = memo.get(key, _MISSING)
+            except TypeError:  # a list or an object where text belongs: never kept
+                pass
+        if cached is not _MISSING:
+            parsed = cast(IntegrationService | None, cached)
+            if parsed is not None and parsed.service not in seen:
+                seen.add(parsed.service)
+                result.append(parsed)
+            continue
+        f = _Fields(entry, where, problems)
+        before = len(problems)
         service = enums.service_for_id(f.text("Id"))
-        if service is None or service in seen:
-            # Unknown GUIDs (a service newer than this exporter) are left out to keep labels bounded.
-            continue
-        seen.add(service)
-        secondary = f.text("SecondaryOperationalStatus")
-        result.append(
-            IntegrationService(
-                service=service,
-                display_name=f.shared("Name") or service,
-                enabled=f.boolean("Enabled"),
-                primary_status=f.enum("PrimaryOperationalStatus", enums.IC_STATUSES),
-                secondary_status=None if secondary is None else enums.label_for(secondary, enums.IC_STATUSES),
-                primary_description=f.shared("PrimaryStatusDescription"),
-                secondary_description=f.shared("SecondaryStatusDescription"),
-            )
-        )
+        if service in seen:
+            continue  # the first entry of a service counts (its other fields are not read)
+        # Unknown GUIDs (a service newer than this exporter) are left out to keep labels bounded.
+        parsed = None if service is None else _service(f, service)
+        if len(problems) == before and all(isinstance(value, _PLAIN) for value in key):
+            if len(memo) >= _SERVICE_MEMO_MAX:
+                memo.clear()
+            memo[key] = parsed
+        if parsed is not None:
+            seen.add(parsed.service)
+            result.append(parsed)
     return result
 
 
