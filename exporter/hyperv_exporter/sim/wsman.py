@@ -141,6 +141,7 @@ class WSManEndpoint:
                 configurations or (lambda: {"microsoft.powershell"}),
                 machine=name,
                 cond=self.service.cond,
+                closed=lambda: self.service.closed,
                 pool_opened=pool_opened,
             )
         self._bind_host = host

@@ -168,6 +168,7 @@ class PsrpHost:
         configurations: Callable[[], set[str]],
         machine: str,
         cond: threading.Condition,
+        closed: Callable[[], bool],
         pool_opened: Callable[[PoolInfo], None] | None = None,
     ) -> None:
         self.runner = runner
@@ -177,9 +178,9 @@ class PsrpHost:
         self._cond = cond  # shared with the WinRS service: one lock, one stop, one expiry
         self._pools: dict[str, _Pool] = {}
         self.pools_opened = 0
-        # The WinRM service stopped (set with the lock held): every request, also a Receive
-        # waiting for output, drops its connection instead of answering.
-        self.closed = False
+        # Whether the WinRM service stopped (the WinRS service's flag, under the shared lock): then
+        # every request, also a Receive waiting for output, drops its connection instead of answering.
+        self.closed = closed
 
     # -- bookkeeping (call with the lock held) ---------------------------------------------------
 
@@ -200,7 +201,7 @@ class PsrpHost:
                 del self._pools[shell_id]
 
     def _pool(self, req: soap.Request) -> _Pool:
-        if self.closed:
+        if self.closed():
             raise Abort
         pool = self._pools.get((req.shell_id or "").upper())
         if pool is None or pool.resource_uri.lower() != req.resource_uri.lower():
@@ -413,7 +414,7 @@ class PsrpHost:
         return soap.delete_response(req.message_id)
 
     def dispatch(self, name: str, req: soap.Request, ctx: CallContext) -> str:
-        if self.closed:
+        if self.closed():
             raise Abort
         if name == "create":
             return self.create(req, ctx)

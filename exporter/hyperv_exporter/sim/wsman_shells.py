@@ -206,6 +206,11 @@ class ShellHost:
     # --- lifecycle --------------------------------------------------------------------------------
 
     @property
+    def closed(self) -> bool:
+        """The WinRM service stopped (read with :attr:`cond` held): requests drop their connections."""
+        return self._closed
+
+    @property
     def cond(self) -> threading.Condition:
         """The lock and wake-up of every shell and pool of this listener."""
         return self._cond
@@ -213,8 +218,6 @@ class ShellHost:
     def open(self) -> None:
         with self._cond:
             self._closed = False
-            if self.psrp is not None:
-                self.psrp.closed = False
 
     def close(self) -> None:
         """Service stopped: forget every shell and wake blocked Receives so they drop their connections."""
@@ -222,7 +225,6 @@ class ShellHost:
             self._closed = True
             self._shells.clear()
             if self.psrp is not None:
-                self.psrp.closed = True
                 self.psrp.clear()
             self._cond.notify_all()
 
