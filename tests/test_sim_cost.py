@@ -51,7 +51,8 @@ def test_counters_count_processes_by_image_and_model_cpu() -> None:
     assert counters.start_process(POWERSHELL, cost) is cost
     counters.start_process(POWERSHELL, cost)
     counters.start_process(WSMPROVHOST, cost)
-    counters.script_ran(0.25, imported=cost)  # the one run that imported the Hyper-V module
+    counters.module_imported(cost)  # one of them loaded the Hyper-V module
+    counters.script_ran(0.25)
     snapshot = counters.snapshot()
     assert snapshot.processes == {POWERSHELL: 2, WSMPROVHOST: 1}
     assert snapshot.cpu_seconds == pytest.approx(3 * 0.5 + 1.0 + 0.25)

@@ -82,18 +82,22 @@ class HostCounters:
 
     def start_process(self, image: str, cost: ProcessCost) -> ProcessCost:
         """Count a new ``image`` process and its start-up CPU; returns ``cost`` for the caller to wait.
-        The module import is charged where it happens (:meth:`script_ran`, or at a JEA pool's opening):
-        a command refused before its first Hyper-V cmdlet never imports the module."""
+        The module import is charged where it happens (:meth:`module_imported`): a command refused
+        before its first Hyper-V cmdlet never imports the module."""
         with self._lock:
             self._processes[image] = self._processes.get(image, 0) + 1
             self._cpu += cost.start_seconds
         return cost
 
-    def script_ran(self, seconds: float, imported: ProcessCost | None = None) -> None:
-        """The collection ran for ``seconds`` of host CPU (in a new or an already running process), after
-        importing the Hyper-V module at ``imported``'s cost if this run was the process's first."""
+    def module_imported(self, cost: ProcessCost) -> None:
+        """A process loaded the Hyper-V module, at ``cost``'s import CPU (NO_COST: it had it loaded)."""
         with self._lock:
-            self._cpu += max(seconds, 0.0) + (imported.import_seconds if imported is not None else 0.0)
+            self._cpu += cost.import_seconds
+
+    def script_ran(self, seconds: float) -> None:
+        """The collection ran for ``seconds`` of host CPU (in a new or an already running process)."""
+        with self._lock:
+            self._cpu += max(seconds, 0.0)
 
     def snapshot(self) -> CostSnapshot:
         with self._lock:

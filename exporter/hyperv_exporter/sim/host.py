@@ -330,7 +330,8 @@ class HostRunner:
         """(when the script's first line runs, seconds from the Command to its output), and the script's
         CPU charged. The first line runs once the process is up (its ClockStart and the VMs' uptimes
         are read then); the output exists after the module import and the script's own run time."""
-        self.counters.script_ran(self.host.run_seconds, imported=process)
+        self.counters.module_imported(process)  # on its first Get-VM (nothing if already loaded)
+        self.counters.script_ran(self.host.run_seconds)
         return time.time() + process.start_seconds, process.total + self.host.run_seconds
 
     def answer(
@@ -498,8 +499,10 @@ def _pool_opened(host: SimHost, counters: HostCounters, pause: Callable[[float],
         # (HostRunner.pipeline), where its CPU is counted too.
         cost = counters.start_process(WSMPROVHOST, host.process_cost or NO_COST)
         if is_jea(pool.configuration):
-            counters.script_ran(0.0, imported=cost)
-        pause(cost.total if is_jea(pool.configuration) else cost.start_seconds)
+            counters.module_imported(cost)
+            pause(cost.total)
+        else:
+            pause(cost.start_seconds)
         log.debug("runspace pool opened", extra=logutil.fields(host=host.computer_name, endpoint=pool.configuration))
 
     return opened
