@@ -287,7 +287,6 @@ class ConfigurableStack(Stack):
         allow_unencrypted: bool = True,
         password: str = "S1m-Pa55word-for-tests",  # noqa: S107 - the simulated fleet's test password
     ) -> None:
-        self.protocol = "psrp" if "protocol: psrp" in winrm else "winrs"
         super().__init__(
             tmp_path,
             flags=flags,
@@ -297,6 +296,11 @@ class ConfigurableStack(Stack):
             allow_unencrypted=allow_unencrypted,
             password=password,
         )
+
+    @property
+    def protocol(self) -> str:
+        """The default module's WinRM protocol, as the exporter read its configuration."""
+        return self.running.app.config.modules["default"].winrm.protocol
 
     def debug(self, target: str, module: str = "default") -> str:
         """The probe's debug output (its log and the exposition), for assertion messages."""
