@@ -68,6 +68,7 @@ $captureErrors = New-Object System.Collections.ArrayList
 $scriptText = [IO.File]::ReadAllText((Resolve-Path -LiteralPath $ScriptPath).ProviderPath).Replace("`r`n", "`n")
 # Recorded as ScriptSha256: the hash collect.ps1 reports as its ScriptHash (host/script.py text_hash;
 # HyperVExporterEndpoint.ps1 stamps the same): no BOM, LF line ends, the hash stamp line emptied.
+# In the replacement "$$" is a literal "$" (.NET, "Substitutions in Regular Expressions").
 $HashLinePattern = '(?m)^\$scriptHash = ''[0-9a-f]*''$'
 $canonicalText = [regex]::Replace($scriptText.TrimStart([char]0xFEFF), $HashLinePattern, "`$`$scriptHash = ''")
 $sha = [Security.Cryptography.SHA256]::Create()

@@ -180,6 +180,8 @@ class PsrpHost:
         self.pools_opened = 0
         # Whether the WinRM service stopped (the WinRS service's flag, under the shared lock): then
         # every request, also a Receive waiting for output, drops its connection instead of answering.
+        # An inference, as for WinRS shells: the service's process ends with the request in flight,
+        # so nothing is left to write a SOAP answer; no recorded conversation shows a stop.
         self.closed = closed
 
     # -- bookkeeping (call with the lock held) ---------------------------------------------------
